@@ -1,0 +1,239 @@
+// Client subcommands against a running server. Output: JSON lines on stdout; problems on
+// stderr with exit code 1.
+#include <boost/json.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli/commands.hpp"
+#include "core/event_codec.hpp"
+#include "core/uuid.hpp"
+#include "server/http_client.hpp"
+
+namespace pliers::cli {
+
+namespace json = boost::json;
+
+namespace {
+
+struct common {
+  std::string url = "http://127.0.0.1:8080";
+};
+
+void add_url(CLI::App& app, common& c) {
+  app.add_option("--url", c.url, "server address")->envname("PLIERS_URL")->capture_default_str();
+}
+
+int report(const error& e) {
+  std::cerr << "pliers-events: " << (e.field.empty() ? "" : e.field + ": ") << e.message << "\n";
+  return 1;
+}
+
+// Non-2xx: print the problem's detail.
+int report(const http_response& r) {
+  std::string detail = r.body;
+  boost::system::error_code ec;
+  auto v = json::parse(r.body, ec);
+  if (!ec && v.is_object()) {
+    if (const auto* d = v.as_object().if_contains("detail"); d && d->is_string()) detail = std::string(d->get_string());
+    if (const auto* cv = v.as_object().if_contains("currentVersion"))
+      detail += " (currentVersion " + json::serialize(*cv) + ")";
+  }
+  std::cerr << "pliers-events: HTTP " << r.status << ": " << detail << "\n";
+  return 1;
+}
+
+result<http_response> call(const common& c, std::string_view method, const std::string& target, std::string_view body = {}) {
+  auto client = http_client::connect(c.url);
+  if (!client) return std::move(client).error();
+  return (*client)->request(method, target, body);
+}
+
+// Reads events: a JSON array, one JSON object, or JSON lines.
+result<json::array> read_events_input(std::istream& in) {
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  boost::system::error_code ec;
+  auto v = json::parse(text, ec);
+  if (!ec) {
+    if (v.is_array()) return v.as_array();
+    if (v.is_object()) return json::array{v};
+    return error::invalid("input", "expected an event object, an array of events or JSON lines");
+  }
+  json::array out;
+  std::istringstream lines(text);
+  std::string line;
+  std::size_t n = 0;
+  while (std::getline(lines, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto lv = json::parse(line, ec);
+    if (ec) return error::invalid("input", "line " + std::to_string(n) + ": " + ec.message());
+    out.push_back(std::move(lv));
+  }
+  return out;
+}
+
+void print_events(const json::value& page) {
+  if (const auto* evs = page.as_object().if_contains("events"))
+    for (const auto& e : evs->as_array()) std::cout << json::serialize(e) << "\n";
+}
+
+}  // namespace
+
+void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out) {
+  // append
+  {
+    auto* sub = app.add_subcommand("append", "Append events to an aggregate (JSON array, object or lines)");
+    auto c = std::make_shared<common>();
+    auto aggregate = std::make_shared<std::string>();
+    auto file = std::make_shared<std::string>();
+    auto expected = std::make_shared<long long>(-1);
+    add_url(*sub, *c);
+    sub->add_option("aggregate", *aggregate, "aggregate id")->required();
+    sub->add_option("--file,-f", *file, "read events from this file instead of stdin");
+    auto* ev = sub->add_option("--expected-version", *expected, "the aggregate's current version (0 = new)");
+    out.emplace_back(sub, [=]() -> int {
+      std::ifstream f;
+      if (!file->empty()) {
+        f.open(*file);
+        if (!f) return report(error::invalid("--file", "cannot open " + *file));
+      }
+      auto events = read_events_input(file->empty() ? std::cin : f);
+      if (!events) return report(events.error());
+      // Ids are given client-side so that a retried append is idempotent.
+      for (auto& e : *events)
+        if (e.is_object() && !e.as_object().contains("id")) e.as_object()["id"] = new_uuid_v4();
+      json::object body{{"events", std::move(*events)}};
+      if (ev->count() > 0) body["expectedVersion"] = *expected;
+      auto r = call(*c, "POST", "/v1/aggregates/" + url_encode(*aggregate) + "/events", json::serialize(body));
+      if (!r) return report(r.error());
+      if (r->status >= 300) return report(*r);
+      std::cout << r->body << "\n";
+      return 0;
+    });
+  }
+  // read
+  {
+    auto* sub = app.add_subcommand("read", "Read the events of one aggregate");
+    auto c = std::make_shared<common>();
+    auto aggregate = std::make_shared<std::string>();
+    auto from = std::make_shared<long long>(0), to = std::make_shared<long long>(0);
+    add_url(*sub, *c);
+    sub->add_option("aggregate", *aggregate, "aggregate id")->required();
+    auto* fo = sub->add_option("--from-version", *from, "first sequence number");
+    auto* to_opt = sub->add_option("--to-version", *to, "last sequence number");
+    out.emplace_back(sub, [=]() -> int {
+      std::string target = "/v1/aggregates/" + url_encode(*aggregate) + "/events";
+      char sep = '?';
+      if (fo->count()) target += sep + std::string("fromVersion=") + std::to_string(*from), sep = '&';
+      if (to_opt->count()) target += sep + std::string("toVersion=") + std::to_string(*to);
+      auto r = call(*c, "GET", target);
+      if (!r) return report(r.error());
+      if (r->status >= 300) return report(*r);
+      print_events(json::parse(r->body));
+      return 0;
+    });
+  }
+  // get
+  {
+    auto* sub = app.add_subcommand("get", "Get one event by id");
+    auto c = std::make_shared<common>();
+    auto id = std::make_shared<std::string>();
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "event id (UUID)")->required();
+    out.emplace_back(sub, [=]() -> int {
+      auto r = call(*c, "GET", "/v1/events/" + url_encode(*id));
+      if (!r) return report(r.error());
+      if (r->status >= 300) return report(*r);
+      std::cout << r->body << "\n";
+      return 0;
+    });
+  }
+  // query
+  {
+    auto* sub = app.add_subcommand("query", "Query events (spec EventQuery); prints JSON lines");
+    auto c = std::make_shared<common>();
+    struct query_flags {
+      std::vector<std::string> types, aggregate_types, aggregate_ids, payload, metadata;
+      std::string from, to, cursor;
+      long long from_seq = 0, to_seq = 0;
+      std::size_t limit = 100;
+      bool all = false;
+    };
+    auto q = std::make_shared<query_flags>();
+    add_url(*sub, *c);
+    sub->add_option("--type,-t", q->types, "event type or pattern (form.*, submission.**); repeatable");
+    sub->add_option("--aggregate-type", q->aggregate_types, "aggregate type; repeatable");
+    sub->add_option("--aggregate-id", q->aggregate_ids, "aggregate id; repeatable");
+    sub->add_option("--from", q->from, "from timestamp (RFC 3339, inclusive)");
+    sub->add_option("--to", q->to, "to timestamp (RFC 3339, inclusive)");
+    auto* fs = sub->add_option("--from-sequence", q->from_seq, "first sequence number");
+    auto* ts = sub->add_option("--to-sequence", q->to_seq, "last sequence number");
+    sub->add_option("--payload", q->payload,
+                    R"(payload condition as JSON {"path":"$.a.b","operator":"equals|contains|exists|regex","value":...}; repeatable)");
+    sub->add_option("--metadata", q->metadata, "metadata condition as JSON, like --payload; repeatable");
+    sub->add_option("--limit", q->limit, "events per page (1-10000)")->capture_default_str();
+    sub->add_option("--cursor", q->cursor, "continue after a cursor printed by an earlier page");
+    sub->add_flag("--all", q->all, "follow cursors until the last page");
+    out.emplace_back(sub, [=]() -> int {
+      json::object query;
+      auto list = [](const std::vector<std::string>& v) {
+        json::array a;
+        for (const auto& s : v) a.emplace_back(s);
+        return a;
+      };
+      if (!q->types.empty()) query["eventTypes"] = list(q->types);
+      if (!q->aggregate_types.empty()) query["aggregateTypes"] = list(q->aggregate_types);
+      if (!q->aggregate_ids.empty()) query["aggregateIds"] = list(q->aggregate_ids);
+      if (!q->from.empty() || !q->to.empty()) {
+        json::object range;
+        if (!q->from.empty()) range["from"] = q->from;
+        if (!q->to.empty()) range["to"] = q->to;
+        query["timestampRange"] = std::move(range);
+      }
+      if (fs->count() || ts->count()) {
+        json::object range;
+        if (fs->count()) range["from"] = q->from_seq;
+        if (ts->count()) range["to"] = q->to_seq;
+        query["sequenceRange"] = std::move(range);
+      }
+      for (auto [flag, key, conds] : {std::tuple{"--payload", "payloadQuery", &q->payload},
+                                      std::tuple{"--metadata", "metadataQuery", &q->metadata}}) {
+        if (conds->empty()) continue;
+        json::array a;
+        for (const auto& text : *conds) {
+          boost::system::error_code ec;
+          auto v = json::parse(text, ec);
+          if (ec) return report(error::invalid(flag, "not JSON: " + ec.message()));
+          a.push_back(std::move(v));
+        }
+        query[key] = std::move(a);
+      }
+      auto client = http_client::connect(c->url);
+      if (!client) return report(client.error());
+      std::string cursor = q->cursor;
+      while (true) {
+        json::object pagination{{"limit", q->limit}};
+        if (!cursor.empty()) pagination["cursor"] = cursor;
+        json::object body{{"query", query}, {"pagination", pagination}};
+        auto r = (*client)->post("/v1/events/query", json::serialize(body));
+        if (!r) return report(r.error());
+        if (r->status >= 300) return report(*r);
+        auto page = json::parse(r->body);
+        print_events(page);
+        const auto* next = page.as_object().if_contains("cursor");
+        if (!next || !next->is_string()) break;
+        cursor = std::string(next->get_string());
+        if (!q->all) {
+          std::cerr << "more events: --cursor " << cursor << "\n";
+          break;
+        }
+      }
+      return 0;
+    });
+  }
+}
+
+}  // namespace pliers::cli

@@ -1,0 +1,15 @@
+// Subcommands of `pliers-events`. Each add_* registers its options on the app and returns
+// the function that runs it (exit code).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace pliers::cli {
+
+using command = std::function<int()>;
+
+command add_serve(CLI::App& app);
+void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
+
+}  // namespace pliers::cli

@@ -1,0 +1,434 @@
+#include "core/event_codec.hpp"
+
+#include <boost/json.hpp>
+#include <charconv>
+#include <limits>
+
+#include "core/time_format.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+
+result<json::value> parse_json(std::string_view text, const json_limits& limits) {
+  json::parse_options opts;
+  opts.max_depth = limits.max_depth;
+  boost::system::error_code ec;
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, {}, opts);
+  if (ec) {
+    std::string why = ec == json::error::too_deep
+                          ? "JSON nested deeper than " + std::to_string(limits.max_depth) + " levels"
+                          : "malformed JSON: " + ec.message();
+    return error::invalid("body", why);
+  }
+  return v;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out.push_back(hex[c >> 4]);
+          out.push_back(hex[c & 0xF]);
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+namespace {
+
+void append_int(std::string& out, std::int64_t v) {
+  char buf[24];
+  auto [ptr, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  out.append(buf, ptr);
+}
+
+result<std::string> get_string(const json::object& o, std::string_view key, const std::string& field,
+                               bool required) {
+  const auto* v = o.if_contains(key);
+  if (!v || v->is_null()) {
+    if (required) return error::invalid(field, "required");
+    return std::string();
+  }
+  if (!v->is_string()) return error::invalid(field, "must be a string");
+  return std::string(v->get_string());
+}
+
+result<std::optional<std::string>> get_optional_string(const json::object& o, std::string_view key,
+                                                       const std::string& field) {
+  const auto* v = o.if_contains(key);
+  if (!v || v->is_null()) return std::optional<std::string>();
+  if (!v->is_string()) return error::invalid(field, "must be a string or null");
+  return std::optional<std::string>(std::string(v->get_string()));
+}
+
+// An integral JSON number (no fraction, within int64).
+std::optional<std::int64_t> as_int64(const json::value& v) {
+  if (v.is_int64()) return v.get_int64();
+  if (v.is_uint64() && v.get_uint64() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    return static_cast<std::int64_t>(v.get_uint64());
+  return std::nullopt;
+}
+
+result<std::vector<std::string>> string_list(const json::value& v, const std::string& field) {
+  std::vector<std::string> out;
+  if (v.is_string()) {
+    out.emplace_back(v.get_string());
+    return out;
+  }
+  if (!v.is_array()) return error::invalid(field, "must be an array of strings");
+  const auto& a = v.get_array();
+  if (a.size() > 1000) return error::invalid(field, "more than 1000 entries");
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].is_string()) return error::invalid(field + "[" + std::to_string(i) + "]", "must be a string");
+    out.emplace_back(a[i].get_string());
+  }
+  return out;
+}
+
+result<std::optional<timestamp>> time_member(const json::object& o, std::string_view key, const std::string& field) {
+  const auto* v = o.if_contains(key);
+  if (!v || v->is_null()) return std::optional<timestamp>();
+  if (!v->is_string()) return error::invalid(field, "must be an RFC 3339 timestamp string");
+  auto t = parse_rfc3339(v->get_string());
+  if (!t) return error::invalid(field, "not an RFC 3339 timestamp: '" + std::string(v->get_string()).substr(0, 64) + "'");
+  return std::optional<timestamp>(*t);
+}
+
+result<std::vector<json_query>> json_queries(const json::value& v, const std::string& field) {
+  std::vector<json_query> out;
+  if (v.is_null()) return out;
+  if (v.is_array()) {
+    const auto& a = v.get_array();
+    if (a.size() > 32) return error::invalid(field, "more than 32 conditions");
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      auto q = json_query::from_json(a[i], field + "[" + std::to_string(i) + "]");
+      if (!q) return std::move(q).error();
+      out.push_back(std::move(*q));
+    }
+    return out;
+  }
+  auto q = json_query::from_json(v, field);
+  if (!q) return std::move(q).error();
+  out.push_back(std::move(*q));
+  return out;
+}
+
+}  // namespace
+
+void write_event_json(std::string& out, const event& e) {
+  out += "{\"id\":";
+  append_json_string(out, e.id);
+  out += ",\"type\":";
+  append_json_string(out, e.type);
+  out += ",\"version\":";
+  append_int(out, e.version);
+  out += ",\"timestamp\":\"";
+  out += format_rfc3339(e.time);
+  out += "\",\"aggregateId\":";
+  append_json_string(out, e.aggregate_id);
+  out += ",\"aggregateType\":";
+  append_json_string(out, e.aggregate_type);
+  out += ",\"sequenceNumber\":";
+  append_int(out, e.sequence.value);
+  out += ",\"position\":";
+  append_int(out, e.position.value);
+  if (e.causation_id) {
+    out += ",\"causationId\":";
+    append_json_string(out, *e.causation_id);
+  }
+  if (e.correlation_id) {
+    out += ",\"correlationId\":";
+    append_json_string(out, *e.correlation_id);
+  }
+  out += ",\"metadata\":";
+  out += json::serialize(e.metadata);
+  out += ",\"payload\":";
+  out += json::serialize(e.payload);
+  out += '}';
+}
+
+json::object event_to_json(const event& e) {
+  std::string s;
+  write_event_json(s, e);
+  return json::parse(s).as_object();
+}
+
+result<event> event_from_json(const json::value& v) {
+  const auto* o = v.if_object();
+  if (!o) return error::invalid("event", "must be an object");
+  event e;
+  auto str = [&](std::string_view key, std::string& out) -> result<void> {
+    auto s = get_string(*o, key, std::string(key), true);
+    if (!s) return std::move(s).error();
+    out = std::move(*s);
+    return {};
+  };
+  for (auto [key, dst] : {std::pair<std::string_view, std::string*>{"id", &e.id},
+                          {"type", &e.type},
+                          {"aggregateId", &e.aggregate_id},
+                          {"aggregateType", &e.aggregate_type}})
+    if (auto r = str(key, *dst); !r) return std::move(r).error();
+  auto num = [&](std::string_view key) -> std::optional<std::int64_t> {
+    const auto* x = o->if_contains(key);
+    return x ? as_int64(*x) : std::nullopt;
+  };
+  auto version = num("version");
+  auto seq = num("sequenceNumber");
+  auto pos = num("position");
+  if (!version || !seq || !pos) return error::invalid("event", "version, sequenceNumber and position must be integers");
+  e.version = static_cast<std::int32_t>(*version);
+  e.sequence = sequence_number(*seq);
+  e.position = log_position(*pos);
+  auto ts = time_member(*o, "timestamp", "timestamp");
+  if (!ts) return std::move(ts).error();
+  if (!*ts) return error::invalid("timestamp", "required");
+  e.time = **ts;
+  auto c = get_optional_string(*o, "causationId", "causationId");
+  auto r = get_optional_string(*o, "correlationId", "correlationId");
+  if (!c) return std::move(c).error();
+  if (!r) return std::move(r).error();
+  e.causation_id = std::move(*c);
+  e.correlation_id = std::move(*r);
+  const auto* md = o->if_contains("metadata");
+  const auto* pl = o->if_contains("payload");
+  if (!md || !md->is_object()) return error::invalid("metadata", "must be an object");
+  if (!pl || !pl->is_object()) return error::invalid("payload", "must be an object");
+  e.metadata = md->get_object();
+  e.payload = pl->get_object();
+  return e;
+}
+
+result<new_event> new_event_from_json(const json::value& v, const std::string& field) {
+  const auto* o = v.if_object();
+  if (!o) return error::invalid(field, "must be an object");
+  for (const auto& kv : *o) {
+    std::string_view k = kv.key();
+    if (k == "id" || k == "type" || k == "aggregateType" || k == "version" || k == "causationId" ||
+        k == "correlationId" || k == "metadata" || k == "payload" || k == "aggregateId")
+      continue;
+    if (k == "sequenceNumber" || k == "position" || k == "timestamp")
+      return error::invalid(field + "." + std::string(k), "is assigned by the server and must not be sent");
+    return error::invalid(field + "." + std::string(k).substr(0, 100), "unknown member");
+  }
+  new_event e;
+  auto type = get_string(*o, "type", field + ".type", true);
+  if (!type) return std::move(type).error();
+  e.type = std::move(*type);
+  auto at = get_string(*o, "aggregateType", field + ".aggregateType", true);
+  if (!at) return std::move(at).error();
+  e.aggregate_type = std::move(*at);
+  for (auto [key, dst] : {std::pair<std::string_view, std::optional<std::string>*>{"id", &e.id},
+                          {"causationId", &e.causation_id},
+                          {"correlationId", &e.correlation_id}}) {
+    auto s = get_optional_string(*o, key, field + "." + std::string(key));
+    if (!s) return std::move(s).error();
+    *dst = std::move(*s);
+  }
+  if (const auto* ver = o->if_contains("version"); ver && !ver->is_null()) {
+    auto n = as_int64(*ver);
+    if (!n || *n < 1 || *n > std::numeric_limits<std::int32_t>::max())
+      return error::invalid(field + ".version", "must be an integer >= 1");
+    e.version = static_cast<std::int32_t>(*n);
+  }
+  const auto* md = o->if_contains("metadata");
+  if (!md) return error::invalid(field + ".metadata", "required");
+  if (!md->is_object()) return error::invalid(field + ".metadata", "must be an object");
+  e.metadata = md->get_object();
+  const auto* pl = o->if_contains("payload");
+  if (!pl) return error::invalid(field + ".payload", "required");
+  if (!pl->is_object()) return error::invalid(field + ".payload", "must be an object");
+  e.payload = pl->get_object();
+  return e;
+}
+
+result<append_request> append_request_from_json(const json::value& body, std::string aggregate_id) {
+  const auto* o = body.if_object();
+  if (!o) return error::invalid("body", "must be a JSON object {\"expectedVersion\", \"events\"}");
+  for (const auto& kv : *o)
+    if (kv.key() != "expectedVersion" && kv.key() != "events")
+      return error::invalid(std::string(kv.key()).substr(0, 100), "unknown member");
+  append_request req;
+  req.aggregate_id = std::move(aggregate_id);
+  if (const auto* ev = o->if_contains("expectedVersion"); ev && !ev->is_null()) {
+    auto n = as_int64(*ev);
+    if (!n || *n < 0) return error::invalid("expectedVersion", "must be null or an integer >= 0");
+    req.expected_version = *n;
+  }
+  const auto* events = o->if_contains("events");
+  if (!events) return error::invalid("events", "required");
+  if (!events->is_array()) return error::invalid("events", "must be an array");
+  const auto& arr = events->get_array();
+  req.events.reserve(arr.size());
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    const std::string field = "events[" + std::to_string(i) + "]";
+    auto e = new_event_from_json(arr[i], field);
+    if (!e) return std::move(e).error();
+    if (const auto* aid = arr[i].as_object().if_contains("aggregateId");
+        aid && !(aid->is_string() && aid->get_string() == req.aggregate_id))
+      return error::invalid(field + ".aggregateId", "differs from the aggregate id in the path");
+    req.events.push_back(std::move(*e));
+  }
+  return req;
+}
+
+result<event_query> event_query_from_json(const json::value& v, const std::string& field) {
+  event_query q;
+  if (v.is_null()) return q;
+  const auto* o = v.if_object();
+  if (!o) return error::invalid(field, "must be an object");
+  for (const auto& kv : *o) {
+    const std::string key(kv.key());
+    const std::string f = field.empty() ? key : field + "." + key;
+    const auto& val = kv.value();
+    if (key == "eventTypes") {
+      auto list = string_list(val, f);
+      if (!list) return std::move(list).error();
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        auto p = type_pattern::parse((*list)[i], f + "[" + std::to_string(i) + "]");
+        if (!p) return std::move(p).error();
+        q.event_types.push_back(std::move(*p));
+      }
+    } else if (key == "aggregateTypes" || key == "aggregateIds") {
+      auto list = string_list(val, f);
+      if (!list) return std::move(list).error();
+      (key == "aggregateTypes" ? q.aggregate_types : q.aggregate_ids) = std::move(*list);
+    } else if (key == "timestampRange" || key == "sequenceRange") {
+      if (val.is_null()) continue;
+      const auto* r = val.if_object();
+      if (!r) return error::invalid(f, "must be an object {from, to}");
+      for (const auto& m : *r)
+        if (m.key() != "from" && m.key() != "to")
+          return error::invalid(f + "." + std::string(m.key()).substr(0, 100), "unknown member");
+      if (key == "timestampRange") {
+        auto from = time_member(*r, "from", f + ".from");
+        if (!from) return std::move(from).error();
+        auto to = time_member(*r, "to", f + ".to");
+        if (!to) return std::move(to).error();
+        q.from = *from;
+        q.to = *to;
+      } else {
+        for (auto [k, dst] : {std::pair<std::string_view, std::optional<std::int64_t>*>{"from", &q.sequence_from},
+                              {"to", &q.sequence_to}}) {
+          const auto* x = r->if_contains(k);
+          if (!x || x->is_null()) continue;
+          auto n = as_int64(*x);
+          if (!n || *n < 0) return error::invalid(f + "." + std::string(k), "must be an integer >= 0");
+          *dst = *n;
+        }
+      }
+    } else if (key == "metadataQuery" || key == "payloadQuery") {
+      auto qs = json_queries(val, f);
+      if (!qs) return std::move(qs).error();
+      (key == "metadataQuery" ? q.metadata_query : q.payload_query) = std::move(*qs);
+    } else {
+      return error::invalid(f.substr(0, 120), "unknown member");
+    }
+  }
+  return q;
+}
+
+result<std::size_t> parse_limit(std::string_view text, const std::string& field) {
+  std::size_t n = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc{} || ptr != text.data() + text.size() || n < 1 || n > max_page_limit)
+    return error::invalid(field, "must be an integer from 1 to " + std::to_string(max_page_limit));
+  return n;
+}
+
+result<pagination> pagination_from_json(const json::value& v, const std::string& field) {
+  pagination p;
+  if (v.is_null()) return p;
+  const auto* o = v.if_object();
+  if (!o) return error::invalid(field, "must be an object {limit, cursor}");
+  for (const auto& kv : *o) {
+    const std::string f = field + "." + std::string(kv.key()).substr(0, 100);
+    if (kv.key() == "limit") {
+      auto n = as_int64(kv.value());
+      if (!n || *n < 1 || *n > static_cast<std::int64_t>(max_page_limit))
+        return error::invalid(f, "must be an integer from 1 to " + std::to_string(max_page_limit));
+      p.limit = static_cast<std::size_t>(*n);
+    } else if (kv.key() == "cursor") {
+      if (kv.value().is_null()) continue;
+      if (!kv.value().is_string()) return error::invalid(f, "must be a string");
+      auto c = decode_cursor(kv.value().get_string(), f);
+      if (!c) return std::move(c).error();
+      p.after = *c;
+    } else {
+      return error::invalid(f, "unknown member");
+    }
+  }
+  return p;
+}
+
+json::object to_json(const append_result& r) {
+  json::object o;
+  o["aggregateId"] = r.aggregate_id;
+  o["version"] = r.version;
+  json::array evs;
+  evs.reserve(r.events.size());
+  for (const auto& e : r.events) {
+    evs.push_back(json::object{{"id", e.id},
+                               {"sequenceNumber", e.sequence.value},
+                               {"position", e.position.value},
+                               {"timestamp", format_rfc3339(e.time)}});
+  }
+  o["events"] = std::move(evs);
+  return o;
+}
+
+json::object to_json(const aggregate_metadata& m) {
+  json::object o;
+  o["aggregateId"] = m.aggregate_id;
+  o["aggregateType"] = m.aggregate_type;
+  o["version"] = m.version;
+  o["firstEventTimestamp"] = format_rfc3339(m.first_event_time);
+  o["lastEventTimestamp"] = format_rfc3339(m.last_event_time);
+  o["eventCount"] = m.event_count;
+  if (m.snapshot_version) o["snapshotVersion"] = *m.snapshot_version;
+  if (m.snapshot_time) o["snapshotTimestamp"] = format_rfc3339(*m.snapshot_time);
+  return o;
+}
+
+json::object to_json(const snapshot& s) {
+  return {{"aggregateId", s.aggregate_id},
+          {"aggregateType", s.aggregate_type},
+          {"sequenceNumber", s.sequence_number},
+          {"data", s.data},
+          {"createdAt", format_rfc3339(s.created_at)}};
+}
+
+void write_query_result_json(std::string& out, const query_result& r) {
+  out += "{\"events\":[";
+  for (std::size_t i = 0; i < r.events.size(); ++i) {
+    if (i) out += ',';
+    write_event_json(out, r.events[i]);
+  }
+  out += "],\"totalCount\":";
+  append_int(out, r.total_count);
+  out += ",\"hasMore\":";
+  out += r.has_more ? "true" : "false";
+  if (r.cursor) {
+    out += ",\"cursor\":";
+    append_json_string(out, *r.cursor);
+  }
+  out += '}';
+}
+
+}  // namespace pliers

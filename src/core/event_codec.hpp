@@ -1,0 +1,49 @@
+// The one place that encodes and decodes events and the store's request/response shapes as
+// JSON (the spec's camelCase names). Decoders check shapes and types and name the offending
+// field; content rules live in validation.hpp. Stateless, thread-safe.
+#pragma once
+
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+#include <string>
+#include <string_view>
+
+#include "core/event.hpp"
+#include "core/event_query.hpp"
+#include "core/result.hpp"
+
+namespace pliers {
+
+struct json_limits {
+  std::size_t max_depth = 64;
+};
+
+// Parses text as JSON with the limits; a syntax error or excess depth is invalid_argument
+// with `field` = "body".
+result<boost::json::value> parse_json(std::string_view text, const json_limits& limits = {});
+
+// Stored events.
+void write_event_json(std::string& out, const event& e);  // appends compact JSON
+boost::json::object event_to_json(const event& e);
+result<event> event_from_json(const boost::json::value& v);
+
+// Requests.
+result<new_event> new_event_from_json(const boost::json::value& v, const std::string& field);
+// Body of POST /v1/aggregates/{id}/events: {"expectedVersion": int|null, "events": [...]}.
+result<append_request> append_request_from_json(const boost::json::value& body, std::string aggregate_id);
+// Spec EventQuery.
+result<event_query> event_query_from_json(const boost::json::value& v, const std::string& field);
+// Spec PaginationOptions {limit, cursor}.
+result<pagination> pagination_from_json(const boost::json::value& v, const std::string& field);
+result<std::size_t> parse_limit(std::string_view text, const std::string& field);
+
+// Responses.
+boost::json::object to_json(const append_result& r);
+boost::json::object to_json(const aggregate_metadata& m);
+boost::json::object to_json(const snapshot& s);
+void write_query_result_json(std::string& out, const query_result& r);
+
+// Escapes s as a JSON string literal (with quotes) onto out.
+void append_json_string(std::string& out, std::string_view s);
+
+}  // namespace pliers

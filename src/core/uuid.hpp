@@ -1,0 +1,16 @@
+// UUIDs as canonical lowercase text (8-4-4-4-12). New ids are version 4 from a
+// per-thread generator seeded from the OS.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace pliers {
+
+std::string new_uuid_v4();
+// Any RFC 4122 layout (hex digits and dashes in the 8-4-4-4-12 places), any case.
+bool is_uuid(std::string_view text) noexcept;
+// Lowercase copy; call only on text that is_uuid accepted.
+std::string canonical_uuid(std::string_view text);
+
+}  // namespace pliers

@@ -1,0 +1,10 @@
+#include "security/access.hpp"
+
+namespace pliers {
+
+const access_policy& default_access_policy() {
+  static const allow_all_policy policy;
+  return policy;
+}
+
+}  // namespace pliers

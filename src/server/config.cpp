@@ -1,0 +1,130 @@
+#include "server/config.hpp"
+
+#include <charconv>
+#include <cstdlib>
+#include <toml++/toml.h>
+
+namespace pliers {
+
+const std::vector<config_key>& config_keys() {
+  static const std::vector<config_key> keys = {
+      {"server.listen", "PLIERS_LISTEN", "HOST:PORT to listen on (port 0 = any free port)"},
+      {"store.url", "PLIERS_STORE", "store URL: memory:, sqlite:PATH"},
+      {"server.max_body_bytes", "PLIERS_MAX_BODY_BYTES", "largest request body accepted (413 beyond)"},
+      {"server.max_json_depth", "PLIERS_MAX_JSON_DEPTH", "deepest JSON nesting accepted"},
+      {"server.max_connections", "PLIERS_MAX_CONNECTIONS", "concurrent connections accepted"},
+      {"server.io_threads", "PLIERS_IO_THREADS", "network threads"},
+      {"server.worker_threads", "PLIERS_WORKER_THREADS", "threads for blocking store reads"},
+      {"server.idle_timeout_seconds", "PLIERS_IDLE_TIMEOUT_SECONDS", "keep-alive idle timeout"},
+      {"server.request_timeout_seconds", "PLIERS_REQUEST_TIMEOUT_SECONDS", "time to receive one request"},
+      {"server.shutdown_grace_seconds", "PLIERS_SHUTDOWN_GRACE_SECONDS", "time in-flight requests get on SIGTERM"},
+      {"store.max_pending_appends", "PLIERS_MAX_PENDING_APPENDS", "appends queued for group commit (503 beyond)"},
+      {"store.read_connections", "PLIERS_READ_CONNECTIONS", "sqlite reader connections"},
+      {"log.level", "PLIERS_LOG_LEVEL", "trace, debug, info, warn, error"},
+  };
+  return keys;
+}
+
+namespace {
+
+template <class T>
+result<void> parse_number(std::string_view key, std::string_view v, T& out, T min, T max) {
+  T n{};
+  auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc{} || ptr != v.data() + v.size() || n < min || n > max)
+    return error::invalid(std::string(key), "must be an integer from " + std::to_string(min) + " to " +
+                                                std::to_string(max) + ", got '" + std::string(v) + "'");
+  out = n;
+  return {};
+}
+
+result<void> parse_seconds(std::string_view key, std::string_view v, std::chrono::seconds& out) {
+  long long n = 0;
+  if (auto r = parse_number<long long>(key, v, n, 1, 86400); !r) return r;
+  out = std::chrono::seconds(n);
+  return {};
+}
+
+}  // namespace
+
+result<void> server_config::set(std::string_view key, std::string_view v) {
+  if (key == "server.listen") {
+    if (v.find(':') == std::string_view::npos) return error::invalid("server.listen", "must be HOST:PORT");
+    listen = v;
+  } else if (key == "store.url") {
+    store = v;
+  } else if (key == "server.max_body_bytes") {
+    return parse_number<std::size_t>(key, v, max_body_bytes, 1024, std::size_t{1} << 30);
+  } else if (key == "server.max_json_depth") {
+    return parse_number<std::size_t>(key, v, max_json_depth, 2, 10000);
+  } else if (key == "server.max_connections") {
+    return parse_number<std::size_t>(key, v, max_connections, 1, 1000000);
+  } else if (key == "server.io_threads") {
+    return parse_number<unsigned>(key, v, io_threads, 1, 256);
+  } else if (key == "server.worker_threads") {
+    return parse_number<unsigned>(key, v, worker_threads, 1, 256);
+  } else if (key == "server.idle_timeout_seconds") {
+    return parse_seconds(key, v, idle_timeout);
+  } else if (key == "server.request_timeout_seconds") {
+    return parse_seconds(key, v, request_timeout);
+  } else if (key == "server.shutdown_grace_seconds") {
+    return parse_seconds(key, v, shutdown_grace);
+  } else if (key == "store.max_pending_appends") {
+    return parse_number<std::size_t>(key, v, max_pending_appends, 1, 10000000);
+  } else if (key == "store.read_connections") {
+    return parse_number<std::size_t>(key, v, read_connections, 1, 256);
+  } else if (key == "log.level") {
+    if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error" && v != "off")
+      return error::invalid("log.level", "must be trace, debug, info, warn, error or off");
+    log_level = v;
+  } else {
+    return error::invalid(std::string(key), "unknown setting");
+  }
+  return {};
+}
+
+result<void> apply_toml_file(server_config& config, const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return error::invalid("config", "cannot read config file '" + path + "': " + std::string(e.description()));
+  }
+  result<void> status;
+  table.for_each([&](const toml::key& section, const toml::node& node) {
+    if (!status) return;
+    const auto* t = node.as_table();
+    if (!t) {
+      status = error::invalid(std::string(section.str()), "expected a [section] table");
+      return;
+    }
+    t->for_each([&](const toml::key& name, const toml::node& value) {
+      if (!status) return;
+      const std::string key = std::string(section.str()) + "." + std::string(name.str());
+      std::string text;
+      if (auto s = value.value<std::string>()) text = *s;
+      else if (auto i = value.value<std::int64_t>()) text = std::to_string(*i);
+      else {
+        status = error::invalid(key, "must be a string or an integer");
+        return;
+      }
+      status = config.set(key, text);
+    });
+  });
+  return status;
+}
+
+result<void> apply_environment(server_config& config) {
+  for (const auto& k : config_keys()) {
+    if (const char* v = std::getenv(k.env_var)) {
+      if (auto r = config.set(k.toml_key, v); !r) {
+        auto e = r.error();
+        e.field = k.env_var;
+        return e;
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace pliers

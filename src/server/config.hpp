@@ -1,0 +1,46 @@
+// Server configuration: defaults, overridden by a TOML file, overridden by PLIERS_*
+// environment variables, overridden by command-line flags (applied by the CLI). One table
+// (config.cpp) names every setting with its TOML key and environment variable.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/result.hpp"
+
+namespace pliers {
+
+struct server_config {
+  std::string listen = "127.0.0.1:8080";
+  std::string store = "sqlite:./data/events.db";
+  std::size_t max_body_bytes = 4 * 1024 * 1024;
+  std::size_t max_json_depth = 64;
+  std::size_t max_connections = 10000;
+  unsigned io_threads = 2;
+  unsigned worker_threads = 4;
+  std::size_t max_pending_appends = 20000;
+  std::size_t read_connections = 4;
+  std::chrono::seconds idle_timeout{60};
+  std::chrono::seconds request_timeout{30};
+  std::chrono::seconds shutdown_grace{10};
+  std::string log_level = "info";
+  std::string ready_file;  // when set, the bound address is written here once listening
+
+  // Applies one setting by its TOML key ("server.listen"); used by all three sources.
+  result<void> set(std::string_view key, std::string_view value);
+};
+
+// The TOML keys and environment variables, for --help and docs.
+struct config_key {
+  const char* toml_key;
+  const char* env_var;
+  const char* description;
+};
+const std::vector<config_key>& config_keys();
+
+result<void> apply_toml_file(server_config& config, const std::string& path);
+result<void> apply_environment(server_config& config);
+
+}  // namespace pliers

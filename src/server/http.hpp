@@ -1,0 +1,88 @@
+// Internal to src/server: the request context handed to handlers, replies (whole or
+// streamed in chunks), and helpers to leave the I/O thread for blocking work.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+#include <boost/url.hpp>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/event_codec.hpp"
+#include "security/access.hpp"
+#include "server/config.hpp"
+#include "store/event_store.hpp"
+
+namespace pliers::http_api {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+using request = http::request<http::string_body>;
+using response = http::response<http::string_body>;
+
+struct reply {
+  response head;
+  // Set for streamed bodies (chunked): yields the next chunk, nullopt at the end, or an
+  // error, after which the connection is closed (the client sees a truncated body).
+  std::function<asio::awaitable<result<std::optional<std::string>>>()> next_chunk;
+};
+
+struct server_state {
+  const server_config& config;
+  event_store& store;
+  const access_policy& access;
+  asio::thread_pool& workers;
+};
+
+struct request_context {
+  server_state& state;
+  const request& req;
+  boost::urls::url_view url;
+  std::vector<std::string> segments;  // decoded path segments
+  principal who;
+};
+
+// Runs f() on the worker pool and resumes the coroutine on its own executor.
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> run_blocking(asio::thread_pool& pool, F f) {
+  using R = std::invoke_result_t<F>;
+  std::optional<R> out;
+  std::exception_ptr failure;
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+      [&](auto handler) {
+        asio::post(pool, [&, handler = std::move(handler)]() mutable {
+          try {
+            out.emplace(f());
+          } catch (...) {
+            failure = std::current_exception();
+          }
+          auto ex = asio::get_associated_executor(handler);
+          asio::post(ex, std::move(handler));
+        });
+      },
+      asio::use_awaitable);
+  if (failure) std::rethrow_exception(failure);
+  co_return std::move(*out);
+}
+
+// Appends through the store's group commit without holding a thread while it waits.
+asio::awaitable<result<append_result>> async_append(event_store& store, append_request request);
+
+reply json_reply(http::status status, const boost::json::value& body);
+reply json_text_reply(http::status status, std::string body);
+reply problem_reply(const error& e);
+reply method_not_allowed(const char* allow);
+// Parses the request body as JSON with the configured depth limit.
+result<boost::json::value> parse_body(const request_context& ctx);
+
+asio::awaitable<reply> handle_health(request_context& ctx);
+asio::awaitable<reply> handle_aggregates(request_context& ctx);
+asio::awaitable<reply> handle_events(request_context& ctx);
+
+}  // namespace pliers::http_api

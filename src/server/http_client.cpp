@@ -1,0 +1,119 @@
+#include "server/http_client.hpp"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace pliers {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+struct http_client::impl {
+  asio::io_context ioc;
+  std::string host, port;
+  std::chrono::milliseconds timeout;
+  std::optional<beast::tcp_stream> stream;
+  beast::flat_buffer buffer;
+
+  result<void> open() {
+    boost::system::error_code ec;
+    tcp::resolver resolver(ioc);
+    auto eps = resolver.resolve(host, port, ec);
+    if (ec) return error::make(errc::unavailable, "cannot resolve " + host + ":" + port + ": " + ec.message());
+    stream.emplace(ioc);
+    stream->expires_after(timeout);
+    stream->connect(eps, ec);
+    if (ec) {
+      stream.reset();
+      return error::make(errc::unavailable, "cannot connect to " + host + ":" + port + ": " + ec.message());
+    }
+    stream->socket().set_option(tcp::no_delay(true), ec);
+    buffer.clear();
+    return {};
+  }
+};
+
+http_client::http_client(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+http_client::~http_client() = default;
+
+result<std::unique_ptr<http_client>> http_client::connect(std::string_view base_url, std::chrono::milliseconds timeout) {
+  std::string_view u = base_url;
+  if (u.starts_with("http://")) u.remove_prefix(7);
+  else if (u.find("://") != std::string_view::npos)
+    return error::invalid("url", "only http:// URLs are supported: '" + std::string(base_url) + "'");
+  u = u.substr(0, u.find('/'));
+  auto p = std::make_unique<impl>();
+  auto colon = u.rfind(':');
+  if (colon == std::string_view::npos) {
+    p->host = u;
+    p->port = "80";
+  } else {
+    p->host = u.substr(0, colon);
+    p->port = u.substr(colon + 1);
+  }
+  if (p->host.size() >= 2 && p->host.front() == '[') p->host = p->host.substr(1, p->host.size() - 2);
+  p->timeout = timeout;
+  if (auto r = p->open(); !r) return std::move(r).error();
+  return std::unique_ptr<http_client>(new http_client(std::move(p)));
+}
+
+result<http_response> http_client::request(std::string_view method, std::string_view target, std::string_view body,
+                                           const std::vector<std::pair<std::string, std::string>>& headers) {
+  auto& p = *impl_;
+  http::request<http::string_body> req{http::string_to_verb(method), std::string(target), 11};
+  req.set(http::field::host, p.host);
+  req.keep_alive(true);
+  for (const auto& [k, v] : headers) req.set(k, v);
+  if (!body.empty() || method == "POST" || method == "PUT") {
+    req.body() = body;
+    if (req[http::field::content_type].empty()) req.set(http::field::content_type, "application/json");
+    req.prepare_payload();
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!p.stream) {
+      if (auto r = p.open(); !r) return std::move(r).error();
+    }
+    boost::system::error_code ec;
+    p.stream->expires_after(p.timeout);
+    http::write(*p.stream, req, ec);
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(std::uint64_t{1} << 32);
+    if (!ec) http::read(*p.stream, p.buffer, parser, ec);
+    if (ec) {
+      p.stream.reset();
+      // A stale keep-alive connection fails before the server reads anything: retry once.
+      if (attempt == 0 && (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
+                           ec == asio::error::broken_pipe || ec == asio::error::eof))
+        continue;
+      return error::make(errc::unavailable, "request failed: " + ec.message());
+    }
+    auto res = parser.release();
+    http_response out;
+    out.status = res.result_int();
+    out.content_type = std::string(res[http::field::content_type]);
+    out.body = std::move(res.body());
+    if (!res.keep_alive()) p.stream.reset();
+    return out;
+  }
+  return error::make(errc::unavailable, "request failed");
+}
+
+std::string url_encode(std::string_view s) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 0xF]);
+    }
+  }
+  return out;
+}
+
+}  // namespace pliers

@@ -1,0 +1,343 @@
+#include "server/server.hpp"
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "server/http.hpp"
+#include "server/log.hpp"
+#include "server/problem.hpp"
+
+namespace pliers {
+
+namespace http_api {
+
+reply json_text_reply(http::status status, std::string body) {
+  reply r;
+  r.head.result(status);
+  r.head.set(http::field::content_type, status >= http::status::bad_request ? "application/problem+json"
+                                                                             : "application/json");
+  r.head.body() = std::move(body);
+  return r;
+}
+
+reply json_reply(http::status status, const boost::json::value& body) {
+  return json_text_reply(status, boost::json::serialize(body));
+}
+
+reply problem_reply(const error& e) {
+  auto r = json_reply(static_cast<http::status>(http_status(e)), problem_json(e));
+  r.head.set(http::field::content_type, "application/problem+json");
+  return r;
+}
+
+reply method_not_allowed(const char* allow) {
+  auto r = problem_reply(error::make(errc::invalid_argument, "method not allowed here; allowed: " + std::string(allow)));
+  r.head.result(http::status::method_not_allowed);
+  r.head.body() = boost::json::serialize(boost::json::object{
+      {"type", "https://pliers.dev/problems/method-not-allowed"},
+      {"title", "Method not allowed"},
+      {"status", 405},
+      {"detail", "allowed: " + std::string(allow)}});
+  r.head.set(http::field::allow, allow);
+  return r;
+}
+
+result<boost::json::value> parse_body(const request_context& ctx) {
+  // JSON is expected; curl's default form type is tolerated (the body is still parsed as
+  // JSON), anything else is refused so that a misdirected upload fails loudly.
+  auto ct = ctx.req[http::field::content_type];
+  if (!ct.empty() && ct.find("json") == std::string_view::npos &&
+      !ct.starts_with("application/x-www-form-urlencoded"))
+    return error::invalid("Content-Type", "must be application/json, got '" + std::string(ct.substr(0, 100)) + "'");
+  if (ctx.req.body().empty()) return error::invalid("body", "a JSON body is required");
+  return parse_json(ctx.req.body(), json_limits{ctx.state.config.max_json_depth});
+}
+
+asio::awaitable<result<append_result>> async_append(event_store& store, append_request req) {
+  std::optional<result<append_result>> out;
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+      [&](auto handler) {
+        // append_callback is a std::function (copyable); the handler is move-only.
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        store.append_async(std::move(req), [&out, h](result<append_result> r) {
+          out.emplace(std::move(r));
+          auto ex = asio::get_associated_executor(*h);
+          asio::post(ex, std::move(*h));
+        });
+      },
+      asio::use_awaitable);
+  co_return std::move(*out);
+}
+
+}  // namespace http_api
+
+using namespace http_api;
+using tcp = asio::ip::tcp;
+
+struct http_server::impl {
+  server_config cfg;
+  event_store& store;
+  asio::io_context ioc;
+  asio::thread_pool workers;
+  tcp::acceptor acceptor{ioc};
+  std::optional<asio::signal_set> signals;
+  server_state state;
+  std::atomic<bool> stopping{false};
+  std::atomic<std::size_t> connections{0};
+
+  // Live sessions, so that shutdown can close the idle ones. An entry is touched only on
+  // its session's strand (shutdown posts there), so the stream pointer is valid when used.
+  struct session_entry {
+    asio::any_io_executor executor;
+    beast::tcp_stream* stream;
+    bool* busy;
+  };
+  std::mutex sessions_mutex;
+  std::unordered_map<std::uint64_t, session_entry> sessions;  // GUARDED_BY(sessions_mutex)
+  std::uint64_t next_session = 0;                             // GUARDED_BY(sessions_mutex)
+
+  impl(server_config c, event_store& s)
+      : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
+        state{cfg, store, default_access_policy(), workers} {}
+
+  asio::awaitable<void> accept_loop() {
+    while (!stopping) {
+      auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), asio::as_tuple(asio::use_awaitable));
+      if (ec) {
+        if (stopping || ec == asio::error::operation_aborted) break;
+        log::warn("accept failed", {{"error", ec.message()}});
+        asio::steady_timer t(ioc, std::chrono::milliseconds(50));  // e.g. out of file descriptors
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        continue;
+      }
+      if (connections.load() >= cfg.max_connections) {
+        boost::system::error_code ignored;
+        socket.close(ignored);
+        log::warn("connection refused: max_connections reached", {{"max_connections", cfg.max_connections}});
+        continue;
+      }
+      auto ex = socket.get_executor();
+      asio::co_spawn(ex, session(std::move(socket)), asio::detached);
+    }
+  }
+
+  asio::awaitable<reply> dispatch(request_context& ctx) {
+    const auto& s = ctx.segments;
+    if (s.size() == 1 && s[0] == "health") co_return co_await handle_health(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "aggregates") co_return co_await handle_aggregates(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "events") co_return co_await handle_events(ctx);
+    co_return problem_reply(error::make(errc::not_found, "no resource at " + std::string(ctx.url.path())));
+  }
+
+  asio::awaitable<reply> handle(const request& req) {
+    auto parsed = boost::urls::parse_origin_form(req.target());
+    if (!parsed) co_return problem_reply(error::invalid("target", "malformed request target"));
+    request_context ctx{state, req, *parsed, {}, {}};
+    for (auto seg : parsed->segments()) ctx.segments.push_back(std::string(seg));
+    if (!ctx.segments.empty() && ctx.segments.back().empty()) ctx.segments.pop_back();  // trailing '/'
+    try {
+      co_return co_await dispatch(ctx);
+    } catch (const std::exception& e) {
+      log::error("request failed", {{"target", std::string(req.target())}, {"error", e.what()}});
+      co_return problem_reply(error::make(errc::internal, "internal error"));
+    }
+  }
+
+  asio::awaitable<void> session(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer(8192);
+    bool busy = false;
+    std::uint64_t id;
+    {
+      std::lock_guard lock(sessions_mutex);
+      id = next_session++;
+      sessions.emplace(id, session_entry{stream.get_executor(), &stream, &busy});
+    }
+    ++connections;
+    try {
+      co_await serve_connection(stream, buffer, busy);
+    } catch (const std::exception& e) {
+      log::debug("connection ended", {{"error", e.what()}});
+    }
+    {
+      std::lock_guard lock(sessions_mutex);
+      sessions.erase(id);
+    }
+    --connections;
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.close();
+  }
+
+  // Writes a reply; false when the connection must close.
+  asio::awaitable<bool> write_reply(beast::tcp_stream& stream, reply& r, bool keep_alive) {
+    r.head.keep_alive(keep_alive);
+    r.head.set(http::field::server, "pliers-events");
+    stream.expires_after(cfg.request_timeout);
+    if (!r.next_chunk) {
+      r.head.prepare_payload();
+      auto [ec, n] = co_await http::async_write(stream, r.head, asio::as_tuple(asio::use_awaitable));
+      co_return !ec && keep_alive;
+    }
+    http::response<http::empty_body> head{http::response_header<>(std::move(r.head.base()))};
+    head.chunked(true);
+    http::response_serializer<http::empty_body> sr{head};
+    if (auto [ec, n] = co_await http::async_write_header(stream, sr, asio::as_tuple(asio::use_awaitable)); ec)
+      co_return false;
+    while (true) {
+      auto chunk = co_await r.next_chunk();
+      if (!chunk) {
+        log::warn("streamed response failed", {{"error", chunk.error().message}});
+        co_return false;
+      }
+      stream.expires_after(cfg.request_timeout);
+      if (!*chunk) break;
+      if (chunk->value().empty()) continue;
+      auto [ec, n] = co_await asio::async_write(stream, http::make_chunk(asio::buffer(chunk->value())),
+                                                asio::as_tuple(asio::use_awaitable));
+      if (ec) co_return false;
+    }
+    auto [ec, n] = co_await asio::async_write(stream, http::make_chunk_last(), asio::as_tuple(asio::use_awaitable));
+    co_return !ec && keep_alive;
+  }
+
+  asio::awaitable<void> serve_connection(beast::tcp_stream& stream, beast::flat_buffer& buffer, bool& busy) {
+    while (!stopping) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(16 * 1024);
+      parser.body_limit(cfg.max_body_bytes);
+      busy = false;
+      stream.expires_after(cfg.idle_timeout);
+      auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+      if (hec) {
+        if (hec == http::error::end_of_stream || hec == asio::error::operation_aborted ||
+            hec == beast::error::timeout || hec == asio::error::connection_reset || hec == asio::error::eof)
+          co_return;
+        co_await reject(stream, hec);
+        co_return;
+      }
+      busy = true;
+      stream.expires_after(cfg.request_timeout);
+      auto [bec, bn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+      if (bec) {
+        if (bec == beast::error::timeout || bec == asio::error::connection_reset || bec == asio::error::eof ||
+            bec == http::error::partial_message)
+          co_return;
+        co_await reject(stream, bec);
+        co_return;
+      }
+      auto req = parser.release();
+      const bool keep_alive = req.keep_alive() && !stopping;
+      auto r = co_await handle(req);
+      if (!co_await write_reply(stream, r, keep_alive)) co_return;
+    }
+  }
+
+  // Answers a request that could not be read, then the connection closes.
+  asio::awaitable<void> reject(beast::tcp_stream& stream, boost::system::error_code ec) {
+    error e = error::invalid("request", "malformed HTTP request: " + ec.message());
+    http::status status = http::status::bad_request;
+    if (ec == http::error::body_limit) {
+      e = error::make(errc::payload_too_large, "request body larger than " + std::to_string(cfg.max_body_bytes) + " bytes");
+      status = http::status::payload_too_large;
+    } else if (ec == http::error::header_limit) {
+      e = error::invalid("headers", "request headers larger than 16 KiB");
+      status = http::status::request_header_fields_too_large;
+    }
+    auto r = problem_reply(e);
+    r.head.result(status);
+    co_await write_reply(stream, r, false);
+  }
+
+  void begin_shutdown() {
+    if (stopping.exchange(true)) return;
+    log::info("shutting down", {{"grace_seconds", cfg.shutdown_grace.count()}});
+    asio::post(ioc, [this] {
+      boost::system::error_code ignored;
+      acceptor.close(ignored);
+      if (signals) signals->cancel(ignored);
+      std::lock_guard lock(sessions_mutex);
+      for (auto& [id, entry] : sessions) {
+        asio::post(entry.executor, [this, sid = id] {
+          std::lock_guard inner(sessions_mutex);
+          auto it = sessions.find(sid);
+          if (it != sessions.end() && !*it->second.busy) it->second.stream->cancel();
+        });
+      }
+    });
+    asio::co_spawn(ioc, wait_for_drain(), asio::detached);
+  }
+
+  asio::awaitable<void> wait_for_drain() {
+    auto deadline = std::chrono::steady_clock::now() + cfg.shutdown_grace;
+    asio::steady_timer t(ioc);
+    while (connections.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (connections.load() > 0) log::warn("shutdown grace expired", {{"open_connections", connections.load()}});
+    ioc.stop();
+  }
+};
+
+http_server::http_server(server_config config, event_store& store)
+    : impl_(std::make_unique<impl>(std::move(config), store)) {}
+
+http_server::~http_server() {
+  if (impl_) {
+    impl_->ioc.stop();
+    impl_->workers.join();
+  }
+}
+
+result<std::string> http_server::start(bool handle_signals) {
+  auto& p = *impl_;
+  const auto& listen = p.cfg.listen;
+  auto colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  unsigned short port = 0;
+  try {
+    port = static_cast<unsigned short>(std::stoul(listen.substr(colon + 1)));
+  } catch (...) {
+    return error::invalid("listen", "bad port in '" + listen + "'");
+  }
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);
+  if (ec) return error::invalid("listen", "bad address '" + host + "': " + ec.message());
+  tcp::endpoint ep(addr, port);
+  p.acceptor.open(ep.protocol(), ec);
+  if (!ec) p.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) p.acceptor.bind(ep, ec);
+  if (!ec) p.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return error::make(errc::unavailable, "cannot listen on " + listen + ": " + ec.message());
+  auto bound = p.acceptor.local_endpoint();
+  std::string where = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]" : bound.address().to_string()) +
+                      ":" + std::to_string(bound.port());
+  if (handle_signals) {
+    p.signals.emplace(p.ioc, SIGINT, SIGTERM);
+    p.signals->async_wait([this](const boost::system::error_code& e, int sig) {
+      if (!e) {
+        log::info("signal received", {{"signal", sig}});
+        impl_->begin_shutdown();
+      }
+    });
+  }
+  asio::co_spawn(p.ioc, p.accept_loop(), asio::detached);
+  return where;
+}
+
+void http_server::run() {
+  auto& p = *impl_;
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < p.cfg.io_threads; ++i) threads.emplace_back([&p] { p.ioc.run(); });
+  p.ioc.run();
+  for (auto& t : threads) t.join();
+  p.workers.join();
+}
+
+void http_server::stop() { impl_->begin_shutdown(); }
+
+}  // namespace pliers

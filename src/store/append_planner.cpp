@@ -1,0 +1,105 @@
+#include "store/append_planner.hpp"
+
+#include "core/uuid.hpp"
+
+namespace pliers {
+
+namespace {
+
+// A retry of an append that was stored: every event carries an id, each is stored in this
+// aggregate, at consecutive sequence numbers, in the request's order.
+std::optional<append_result> as_replay(const append_request& req, append_lookup& lookup,
+                                       std::optional<append_lookup::stored_event> first) {
+  append_result r;
+  r.aggregate_id = req.aggregate_id;
+  r.idempotent_replay = true;
+  for (std::size_t i = 0; i < req.events.size(); ++i) {
+    const auto& id = req.events[i].id;
+    if (!id) return std::nullopt;
+    auto found = i == 0 ? first : lookup.find_event(*id);
+    if (!found || found->aggregate_id != req.aggregate_id ||
+        found->sequence.value != first->sequence.value + static_cast<std::int64_t>(i))
+      return std::nullopt;
+    r.events.push_back({*id, found->sequence, found->position, found->time});
+  }
+  r.version = r.events.back().sequence.value;
+  return r;
+}
+
+}  // namespace
+
+result<append_plan> plan_append(append_request& req, append_lookup& lookup, log_position head, timestamp now) {
+  append_plan plan;
+  // Idempotency and duplicate ids come first: a retry must succeed even though the
+  // aggregate's version has moved past its expectedVersion.
+  const auto& first_id = req.events.front().id;
+  if (first_id) {
+    if (auto first = lookup.find_event(*first_id)) {
+      if (auto replay = as_replay(req, lookup, first)) {
+        plan.replay = true;
+        plan.result = std::move(*replay);
+        return plan;
+      }
+      error e = error::make(errc::conflict, "event id " + *first_id + " already exists (aggregate '" +
+                                                first->aggregate_id + "', sequence " +
+                                                std::to_string(first->sequence.value) + ")");
+      e.field = "events[0].id";
+      return e;
+    }
+  }
+  for (std::size_t i = 1; i < req.events.size(); ++i) {
+    const auto& id = req.events[i].id;
+    if (!id) continue;
+    if (auto found = lookup.find_event(*id)) {
+      error e = error::make(errc::conflict, "event id " + *id + " already exists (aggregate '" +
+                                                found->aggregate_id + "', sequence " +
+                                                std::to_string(found->sequence.value) + ")");
+      e.field = "events[" + std::to_string(i) + "].id";
+      return e;
+    }
+  }
+
+  auto agg = lookup.find_aggregate(req.aggregate_id);
+  const std::int64_t current = agg ? agg->version : 0;
+  if (req.expected_version && *req.expected_version != current) {
+    error e = error::make(errc::conflict, "aggregate '" + req.aggregate_id + "' is at version " +
+                                              std::to_string(current) + ", expected " +
+                                              std::to_string(*req.expected_version));
+    e.field = "expectedVersion";
+    e.current_version = current;
+    e.expected_version = req.expected_version;
+    return e;
+  }
+  const std::string& type = req.events.front().aggregate_type;
+  if (agg && agg->aggregate_type != type)
+    return error::invalid("events[0].aggregateType", "aggregate '" + req.aggregate_id + "' has type '" +
+                                                         agg->aggregate_type + "', not '" + type + "'");
+
+  plan.creates_aggregate = !agg;
+  plan.aggregate_type = type;
+  plan.events.reserve(req.events.size());
+  plan.result.aggregate_id = req.aggregate_id;
+  plan.result.events.reserve(req.events.size());
+  std::int64_t seq = current, pos = head.value;
+  for (auto& ne : req.events) {
+    event e;
+    e.id = ne.id ? std::move(*ne.id) : new_uuid_v4();
+    e.type = std::move(ne.type);
+    e.version = ne.version;
+    e.time = now;
+    e.aggregate_id = req.aggregate_id;
+    e.aggregate_type = type;
+    e.sequence = sequence_number(++seq);
+    e.position = log_position(++pos);
+    e.causation_id = std::move(ne.causation_id);
+    e.correlation_id = std::move(ne.correlation_id);
+    e.metadata = std::move(ne.metadata);
+    e.payload = std::move(ne.payload);
+    plan.result.events.push_back({e.id, e.sequence, e.position, e.time});
+    plan.events.push_back(std::move(e));
+  }
+  plan.result.version = seq;
+  return plan;
+}
+
+}  // namespace pliers

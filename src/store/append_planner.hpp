@@ -1,0 +1,49 @@
+// The append decision shared by every backend: idempotent replay, duplicate ids, the
+// optimistic version check, aggregateType fixed by the first event, and the assignment of
+// sequence numbers, positions and timestamps. A backend supplies lookups of what is
+// already stored (including what earlier appends of the same group commit wrote) and then
+// writes the plan. Not thread-safe: called by the single writer of a backend.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/event.hpp"
+#include "core/result.hpp"
+
+namespace pliers {
+
+class append_lookup {
+ public:
+  struct stored_event {
+    std::string aggregate_id;
+    sequence_number sequence;
+    log_position position;
+    timestamp time;
+  };
+  struct aggregate_state {
+    std::string aggregate_type;
+    std::int64_t version = 0;
+  };
+  virtual std::optional<stored_event> find_event(std::string_view id) = 0;
+  virtual std::optional<aggregate_state> find_aggregate(std::string_view aggregate_id) = 0;
+
+ protected:
+  ~append_lookup() = default;
+};
+
+struct append_plan {
+  bool replay = false;            // nothing to write: `result` is the original outcome
+  bool creates_aggregate = false;
+  std::string aggregate_type;
+  std::vector<event> events;      // fully assigned, to be written in order
+  append_result result;
+};
+
+// `head` is the last position used; `now` the commit time (already made monotonic).
+result<append_plan> plan_append(append_request& request, append_lookup& lookup, log_position head,
+                                timestamp now);
+
+}  // namespace pliers

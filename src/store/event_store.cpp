@@ -1,0 +1,58 @@
+#include "store/event_store.hpp"
+
+#include <future>
+
+#include "core/validation.hpp"
+#include "store/memory/memory_store.hpp"
+#include "store/sqlite/sqlite_store.hpp"
+
+namespace pliers {
+
+void event_store::append_async(append_request request, append_callback done) {
+  if (auto ok = validate_append(request); !ok) {
+    done(std::move(ok).error());
+    return;
+  }
+  submit_append(std::move(request), std::move(done));
+}
+
+result<append_result> event_store::append(append_request request) {
+  std::promise<result<append_result>> promise;
+  auto future = promise.get_future();
+  append_async(std::move(request), [&promise](result<append_result> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+result<std::vector<event>> event_store::read_by_type(std::string_view type, std::optional<timestamp> from,
+                                                     std::optional<timestamp> to, std::size_t limit) {
+  auto pattern = type_pattern::parse(type, "eventType");
+  if (!pattern) return std::move(pattern).error();
+  event_query q;
+  q.event_types.push_back(std::move(*pattern));
+  q.from = from;
+  q.to = to;
+  pagination page;
+  page.limit = limit;
+  auto r = query(q, page);
+  if (!r) return std::move(r).error();
+  return std::move(r->events);
+}
+
+result<std::unique_ptr<event_store>> open_store(std::string_view url, const store_options& options) {
+  if (url == "memory:" || url == "memory") return std::unique_ptr<event_store>(std::make_unique<memory_store>(options));
+  for (std::string_view prefix : {"sqlite://", "sqlite:"}) {
+    if (url.starts_with(prefix)) {
+      auto path = url.substr(prefix.size());
+      if (path.empty()) return error::invalid("store", "sqlite store URL needs a file path: sqlite:PATH");
+      auto s = sqlite_store::open(std::string(path), options);
+      if (!s) return std::move(s).error();
+      return std::unique_ptr<event_store>(std::move(*s));
+    }
+  }
+  if (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    return error::invalid("store", "the postgres store is not part of this build yet");
+  return error::invalid("store", "unknown store URL '" + std::string(url) +
+                                     "': use memory:, sqlite:PATH or postgres://...");
+}
+
+}  // namespace pliers

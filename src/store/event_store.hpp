@@ -1,0 +1,81 @@
+// The event store interface: every operation of the spec's EventStore plus reads of the
+// global log. Implementations: memory (the reference), sqlite (embedded default), and
+// postgres. All implementations pass tests/conformance unchanged.
+//
+// Thread-safety: every member function may be called from any thread concurrently.
+// Blocking: every function but append_async may block on I/O; call them off I/O threads.
+// Errors: expected outcomes are result<> values; no exception crosses this interface.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/event.hpp"
+#include "core/event_query.hpp"
+#include "core/result.hpp"
+
+namespace pliers {
+
+class clock;
+
+class event_store {
+ public:
+  using append_callback = std::function<void(result<append_result>)>;
+
+  virtual ~event_store() = default;
+  event_store(const event_store&) = delete;
+  event_store& operator=(const event_store&) = delete;
+
+  // appendEvents. Validates (core/validation.hpp), then queues the append for the next
+  // group commit. `done` is called exactly once, on a store thread or inline, after the
+  // events are durable (or with the error). Never blocks on I/O.
+  void append_async(append_request request, append_callback done);
+  // Blocking form of append_async.
+  result<append_result> append(append_request request);
+
+  // readEvents: events of one aggregate with fromVersion <= sequenceNumber <= toVersion,
+  // in sequence order, at most `limit` of them. An unknown aggregate gives an empty list.
+  virtual result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                                    std::optional<std::int64_t> to_version,
+                                                    std::size_t limit) = 0;
+  // readEventsByType: events whose type matches `type` (a type pattern) within the time
+  // range, in position order, at most `limit`.
+  result<std::vector<event>> read_by_type(std::string_view type, std::optional<timestamp> from,
+                                          std::optional<timestamp> to, std::size_t limit = max_page_limit);
+  // queryEvents with pagination (totalCount, hasMore, cursor).
+  virtual result<query_result> query(const event_query& q, const pagination& page) = 0;
+  // The global log: events with position > after, in position order, at most `limit`.
+  virtual result<std::vector<event>> read_all(log_position after, std::size_t limit) = 0;
+  // One event by id; not_found when absent.
+  virtual result<event> get_event(std::string_view id) = 0;
+  // getAggregateMetadata; not_found when the aggregate does not exist.
+  virtual result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) = 0;
+  // createSnapshot: state of the aggregate as of `sequence` (1 <= sequence <= version).
+  virtual result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence,
+                                       boost::json::object data) = 0;
+  // getLatestSnapshot: the snapshot with the highest sequence number, if any.
+  virtual result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) = 0;
+  // The position of the last committed event (0 when the log is empty).
+  virtual log_position head() = 0;
+
+ protected:
+  event_store() = default;
+  // Called by append_async with a validated request.
+  virtual void submit_append(append_request request, append_callback done) = 0;
+};
+
+struct store_options {
+  const clock* time_source = nullptr;  // nullptr = system clock
+  std::size_t max_pending_appends = 20000;  // group-commit queue bound; beyond it: unavailable
+  std::size_t read_connections = 4;          // sqlite: reader pool size
+  bool unsafe_no_fsync = false;               // sqlite synchronous=OFF: for negative controls only
+};
+
+// Opens a store from its URL: "memory:", "sqlite:PATH" (or "sqlite://PATH").
+result<std::unique_ptr<event_store>> open_store(std::string_view url, const store_options& options = {});
+
+}  // namespace pliers

@@ -1,0 +1,136 @@
+#include "store/memory/memory_store.hpp"
+
+#include <algorithm>
+#include <mutex>
+
+#include "core/clock.hpp"
+
+namespace pliers {
+
+memory_store::memory_store(const store_options& options)
+    : clock_(options.time_source ? *options.time_source : default_clock()) {}
+
+std::optional<append_lookup::stored_event> memory_store::find_event(std::string_view id) {
+  auto it = by_id_.find(std::string(id));
+  if (it == by_id_.end()) return std::nullopt;
+  const auto& e = log_[it->second];
+  return stored_event{e.aggregate_id, e.sequence, e.position, e.time};
+}
+
+std::optional<append_lookup::aggregate_state> memory_store::find_aggregate(std::string_view aggregate_id) {
+  auto it = aggregates_.find(std::string(aggregate_id));
+  if (it == aggregates_.end()) return std::nullopt;
+  return aggregate_state{it->second.type, static_cast<std::int64_t>(it->second.events.size())};
+}
+
+void memory_store::submit_append(append_request request, append_callback done) {
+  std::unique_lock lock(mutex_);
+  last_time_ = std::max(last_time_, clock_.now());
+  auto plan = plan_append(request, *this, log_position(static_cast<std::int64_t>(log_.size())), last_time_);
+  if (!plan) {
+    lock.unlock();
+    done(std::move(plan).error());
+    return;
+  }
+  if (!plan->replay) {
+    auto& agg = aggregates_[request.aggregate_id];
+    if (plan->creates_aggregate) agg.type = plan->aggregate_type;
+    for (auto& e : plan->events) {
+      by_id_.emplace(e.id, log_.size());
+      agg.events.push_back(log_.size());
+      log_.push_back(std::move(e));
+    }
+  }
+  lock.unlock();
+  done(std::move(plan->result));
+}
+
+result<std::vector<event>> memory_store::read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                                        std::optional<std::int64_t> to_version, std::size_t limit) {
+  std::shared_lock lock(mutex_);
+  std::vector<event> out;
+  auto it = aggregates_.find(std::string(aggregate_id));
+  if (it == aggregates_.end()) return out;
+  const auto& idx = it->second.events;
+  auto first = static_cast<std::size_t>(std::max<std::int64_t>(from_version, 1) - 1);
+  auto last = std::min<std::size_t>(idx.size(), to_version ? static_cast<std::size_t>(std::max<std::int64_t>(*to_version, 0)) : idx.size());
+  for (std::size_t i = first; i < last && out.size() < limit; ++i) out.push_back(log_[idx[i]]);
+  return out;
+}
+
+result<query_result> memory_store::query(const event_query& q, const pagination& page) {
+  std::shared_lock lock(mutex_);
+  query_result r;
+  for (const auto& e : log_) {
+    if (!q.matches(e)) continue;
+    ++r.total_count;
+    if (e.position <= page.after) continue;
+    if (r.events.size() < page.limit) r.events.push_back(e);
+    else r.has_more = true;
+  }
+  if (r.has_more) r.cursor = encode_cursor(r.events.back().position);
+  return r;
+}
+
+result<std::vector<event>> memory_store::read_all(log_position after, std::size_t limit) {
+  std::shared_lock lock(mutex_);
+  std::vector<event> out;
+  for (auto i = static_cast<std::size_t>(std::max<std::int64_t>(after.value, 0)); i < log_.size() && out.size() < limit; ++i)
+    out.push_back(log_[i]);
+  return out;
+}
+
+result<event> memory_store::get_event(std::string_view id) {
+  std::shared_lock lock(mutex_);
+  auto it = by_id_.find(std::string(id));
+  if (it == by_id_.end()) return error::make(errc::not_found, "no event with id " + std::string(id));
+  return log_[it->second];
+}
+
+result<aggregate_metadata> memory_store::get_aggregate_metadata(std::string_view aggregate_id) {
+  std::shared_lock lock(mutex_);
+  auto it = aggregates_.find(std::string(aggregate_id));
+  if (it == aggregates_.end())
+    return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+  const auto& idx = it->second.events;
+  aggregate_metadata m;
+  m.aggregate_id = it->first;
+  m.aggregate_type = it->second.type;
+  m.version = static_cast<std::int64_t>(idx.size());
+  m.event_count = m.version;
+  m.first_event_time = log_[idx.front()].time;
+  m.last_event_time = log_[idx.back()].time;
+  if (auto s = snapshots_.find(it->first); s != snapshots_.end() && !s->second.empty()) {
+    m.snapshot_version = s->second.rbegin()->first;
+    m.snapshot_time = s->second.rbegin()->second.created_at;
+  }
+  return m;
+}
+
+result<void> memory_store::create_snapshot(std::string_view aggregate_id, std::int64_t sequence,
+                                           boost::json::object data) {
+  std::unique_lock lock(mutex_);
+  auto it = aggregates_.find(std::string(aggregate_id));
+  if (it == aggregates_.end())
+    return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+  auto version = static_cast<std::int64_t>(it->second.events.size());
+  if (sequence < 1 || sequence > version)
+    return error::invalid("sequenceNumber", "must be between 1 and the aggregate's version " + std::to_string(version));
+  snapshot s{it->first, it->second.type, sequence, std::move(data), std::max(last_time_, clock_.now())};
+  snapshots_[it->first][sequence] = std::move(s);
+  return {};
+}
+
+result<std::optional<snapshot>> memory_store::get_latest_snapshot(std::string_view aggregate_id) {
+  std::shared_lock lock(mutex_);
+  auto it = snapshots_.find(std::string(aggregate_id));
+  if (it == snapshots_.end() || it->second.empty()) return std::optional<snapshot>();
+  return std::optional<snapshot>(it->second.rbegin()->second);
+}
+
+log_position memory_store::head() {
+  std::shared_lock lock(mutex_);
+  return log_position(static_cast<std::int64_t>(log_.size()));
+}
+
+}  // namespace pliers

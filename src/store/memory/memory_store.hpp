@@ -1,0 +1,48 @@
+// The in-memory store: the reference model of the store contract (NATS-style), used by
+// tests and by embedders that need no persistence. Everything is lost at exit.
+// Thread-safety: one shared_mutex; appends take it exclusively and complete inline.
+#pragma once
+
+#include <map>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include "store/append_planner.hpp"
+#include "store/event_store.hpp"
+
+namespace pliers {
+
+class memory_store final : public event_store, private append_lookup {
+ public:
+  explicit memory_store(const store_options& options);
+
+  result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                            std::optional<std::int64_t> to_version, std::size_t limit) override;
+  result<query_result> query(const event_query& q, const pagination& page) override;
+  result<std::vector<event>> read_all(log_position after, std::size_t limit) override;
+  result<event> get_event(std::string_view id) override;
+  result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) override;
+  result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
+  result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
+  log_position head() override;
+
+ private:
+  void submit_append(append_request request, append_callback done) override;
+  std::optional<stored_event> find_event(std::string_view id) override;
+  std::optional<aggregate_state> find_aggregate(std::string_view aggregate_id) override;
+
+  struct aggregate {
+    std::string type;
+    std::vector<std::size_t> events;  // indexes into log_, in sequence order
+  };
+
+  const clock& clock_;
+  std::shared_mutex mutex_;
+  std::vector<event> log_;                                  // log_[i].position == i + 1
+  std::unordered_map<std::string, std::size_t> by_id_;      // id -> index into log_
+  std::unordered_map<std::string, aggregate> aggregates_;
+  std::unordered_map<std::string, std::map<std::int64_t, snapshot>> snapshots_;
+  timestamp last_time_{};
+};
+
+}  // namespace pliers

@@ -1,0 +1,601 @@
+// File format (schema version 1), owned by this file and described in docs/storage.md:
+//
+//   events(position INTEGER PRIMARY KEY      -- global log position = rowid, 1, 2, 3 ...
+//          id TEXT UNIQUE, type, version, timestamp INTEGER (microseconds since epoch, UTC),
+//          aggregate_id, aggregate_type, sequence_number, causation_id, correlation_id,
+//          metadata TEXT (JSON object), payload TEXT (JSON object),
+//          UNIQUE(aggregate_id, sequence_number))
+//   aggregates(aggregate_id PRIMARY KEY, aggregate_type, version, event_count,
+//              first_timestamp, last_timestamp)            -- one row per aggregate
+//   snapshots(aggregate_id, sequence_number, aggregate_type, data TEXT, created_at,
+//             PRIMARY KEY(aggregate_id, sequence_number))
+//   schema_migrations(version PRIMARY KEY, applied_at)
+//
+// Positions are gap-free and commit-ordered because exactly one writer (the group-commit
+// thread) assigns them inside its transaction, and a failed transaction restores the head.
+#include "store/sqlite/sqlite_store.hpp"
+
+#include <boost/json.hpp>
+#include <condition_variable>
+#include <mutex>
+
+#include "core/clock.hpp"
+#include "store/append_planner.hpp"
+#include "store/group_commit.hpp"
+#include "store/sqlite/sqlite_db.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+using sqlite::connection;
+using sqlite::statement;
+
+namespace {
+
+constexpr const char* pointer_type = "pliers_event_query";
+
+const char* const migrations[] = {
+    R"sql(
+CREATE TABLE events (
+  position INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  type TEXT NOT NULL,
+  version INTEGER NOT NULL DEFAULT 1,
+  timestamp INTEGER NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  sequence_number INTEGER NOT NULL,
+  causation_id TEXT,
+  correlation_id TEXT,
+  metadata TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  UNIQUE (aggregate_id, sequence_number)
+);
+CREATE INDEX idx_events_type ON events (type);
+CREATE INDEX idx_events_timestamp ON events (timestamp);
+CREATE INDEX idx_events_correlation ON events (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE TABLE aggregates (
+  aggregate_id TEXT PRIMARY KEY,
+  aggregate_type TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  event_count INTEGER NOT NULL,
+  first_timestamp INTEGER NOT NULL,
+  last_timestamp INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshots (
+  aggregate_id TEXT NOT NULL,
+  sequence_number INTEGER NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  data TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (aggregate_id, sequence_number)
+) WITHOUT ROWID;
+)sql",
+};
+
+constexpr const char* event_columns =
+    "position, id, type, version, timestamp, aggregate_id, aggregate_type, sequence_number, causation_id, "
+    "correlation_id, metadata, payload";
+
+result<json::object> parse_object(std::string_view text, const char* column) {
+  boost::system::error_code ec;
+  auto v = json::parse(json::string_view(text.data(), text.size()), ec);
+  if (ec || !v.is_object()) return error::make(errc::internal, std::string("corrupt ") + column + " JSON in store");
+  return std::move(v.get_object());
+}
+
+result<event> row_to_event(const statement& st) {
+  event e;
+  e.position = log_position(st.int64(0));
+  e.id = st.text(1);
+  e.type = st.text(2);
+  e.version = static_cast<std::int32_t>(st.int64(3));
+  e.time = from_micros(st.int64(4));
+  e.aggregate_id = st.text(5);
+  e.aggregate_type = st.text(6);
+  e.sequence = sequence_number(st.int64(7));
+  if (!st.is_null(8)) e.causation_id = std::string(st.text(8));
+  if (!st.is_null(9)) e.correlation_id = std::string(st.text(9));
+  auto md = parse_object(st.text(10), "metadata");
+  if (!md) return std::move(md).error();
+  auto pl = parse_object(st.text(11), "payload");
+  if (!pl) return std::move(pl).error();
+  e.metadata = std::move(*md);
+  e.payload = std::move(*pl);
+  return e;
+}
+
+// SQL function pliers_match(column, query_pointer, which): evaluates the parts of an
+// event_query that SQL cannot (type patterns, JSON queries) with the same code the memory
+// store uses, so every backend agrees. which: 0 = type patterns, 1 = metadata, 2 = payload.
+void pliers_match(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  const auto* q = static_cast<const event_query*>(sqlite3_value_pointer(argv[1], pointer_type));
+  if (!q) {
+    sqlite3_result_error(ctx, "pliers_match: missing query", -1);
+    return;
+  }
+  const auto which = sqlite3_value_int(argv[2]);
+  const auto* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+  const auto size = static_cast<std::size_t>(sqlite3_value_bytes(argv[0]));
+  std::string_view col(text ? text : "", text ? size : 0);
+  if (which == 0) {
+    for (const auto& p : q->event_types)
+      if (p.matches(col)) return sqlite3_result_int(ctx, 1);
+    return sqlite3_result_int(ctx, 0);
+  }
+  boost::system::error_code ec;
+  auto doc = json::parse(json::string_view(col.data(), col.size()), ec);
+  if (ec) return sqlite3_result_int(ctx, 0);
+  for (const auto& jq : which == 1 ? q->metadata_query : q->payload_query)
+    if (!jq.matches(doc)) return sqlite3_result_int(ctx, 0);
+  sqlite3_result_int(ctx, 1);
+}
+
+result<std::unique_ptr<connection>> open_connection(const std::string& path, bool writer, bool unsafe_no_fsync) {
+  auto c = connection::open(path, writer, false);
+  if (!c) return std::move(c).error();
+  auto& db = **c;
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-16384",
+                             "PRAGMA temp_store=MEMORY"})
+    if (auto r = db.exec(pragma); !r) return std::move(r).error();
+  if (auto r = db.exec(unsafe_no_fsync ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=FULL"); !r)
+    return std::move(r).error();
+  if (!writer) {
+    if (sqlite3_create_function_v2(db.handle(), "pliers_match", 3, SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr,
+                                   pliers_match, nullptr, nullptr, nullptr) != SQLITE_OK)
+      return db.last_error("create_function");
+  }
+  return c;
+}
+
+// Appends the WHERE conditions of q (without the cursor) and records what to bind.
+struct where_clause {
+  std::string sql;
+  std::vector<std::variant<std::int64_t, std::string>> binds;
+  bool uses_pointer = false;
+};
+
+// Parameters are numbered explicitly: ?1 is the query pointer (when used), the values of
+// the conditions follow from ?2; next_param() gives the number after them.
+where_clause build_where(const event_query& q) {
+  where_clause w;
+  w.sql = " WHERE 1=1";
+  auto param = [&] { return "?" + std::to_string(w.binds.size() + 2); };
+  auto in_list = [&](const char* col, const std::vector<std::string>& vals) {
+    w.sql += " AND ";
+    w.sql += col;
+    w.sql += " IN (";
+    for (std::size_t i = 0; i < vals.size(); ++i) {
+      if (i) w.sql += ",";
+      w.sql += param();
+      w.binds.emplace_back(vals[i]);
+    }
+    w.sql += ")";
+  };
+  if (!q.event_types.empty()) {
+    bool all_literal = std::all_of(q.event_types.begin(), q.event_types.end(), [](auto& p) { return p.is_literal(); });
+    if (all_literal) {
+      std::vector<std::string> names;
+      for (const auto& p : q.event_types) names.push_back(p.text());
+      in_list("type", names);
+    } else {
+      w.sql += " AND pliers_match(type, ?1, 0)";
+      w.uses_pointer = true;
+    }
+  }
+  if (!q.aggregate_types.empty()) in_list("aggregate_type", q.aggregate_types);
+  if (!q.aggregate_ids.empty()) in_list("aggregate_id", q.aggregate_ids);
+  auto cmp = [&](const char* expr, std::int64_t v) {
+    w.sql += expr;
+    w.sql += param();
+    w.binds.emplace_back(v);
+  };
+  if (q.from) cmp(" AND timestamp >= ", to_micros(*q.from));
+  if (q.to) cmp(" AND timestamp <= ", to_micros(*q.to));
+  if (q.sequence_from) cmp(" AND sequence_number >= ", *q.sequence_from);
+  if (q.sequence_to) cmp(" AND sequence_number <= ", *q.sequence_to);
+  if (!q.metadata_query.empty()) {
+    w.sql += " AND pliers_match(metadata, ?1, 1)";
+    w.uses_pointer = true;
+  }
+  if (!q.payload_query.empty()) {
+    w.sql += " AND pliers_match(payload, ?1, 2)";
+    w.uses_pointer = true;
+  }
+  return w;
+}
+
+void bind_where(statement& st, const where_clause& w, const event_query& q) {
+  int i = 2;
+  for (const auto& b : w.binds) {
+    if (const auto* n = std::get_if<std::int64_t>(&b)) st.bind(i++, *n);
+    else st.bind(i++, std::string_view(std::get<std::string>(b)));
+  }
+  if (w.uses_pointer) st.bind_pointer(1, &q, pointer_type);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+struct sqlite_store::impl final : private append_lookup {
+  std::string path;
+  const clock& clk;
+  std::unique_ptr<connection> writer;  // used only by the group-commit thread
+  log_position head{};                 // last committed position; written by the commit thread
+  std::mutex head_mutex;               // guards `head` for readers of head()
+  timestamp last_time{};
+
+  // Reader pool: connections handed out one per call.
+  std::mutex pool_mutex;
+  std::condition_variable pool_cv;
+  std::vector<std::unique_ptr<connection>> idle;  // GUARDED_BY(pool_mutex)
+
+  std::unique_ptr<group_commit> committer;
+
+  impl(std::string p, const clock& c) : path(std::move(p)), clk(c) {}
+
+  class reader_lease {
+   public:
+    reader_lease(impl& owner, std::unique_ptr<connection> c) : owner_(owner), c_(std::move(c)) {}
+    ~reader_lease() {
+      {
+        std::lock_guard lock(owner_.pool_mutex);
+        owner_.idle.push_back(std::move(c_));
+      }
+      owner_.pool_cv.notify_one();
+    }
+    connection& operator*() { return *c_; }
+    connection* operator->() { return c_.get(); }
+
+   private:
+    impl& owner_;
+    std::unique_ptr<connection> c_;
+  };
+
+  reader_lease reader() {
+    std::unique_lock lock(pool_mutex);
+    pool_cv.wait(lock, [&] { return !idle.empty(); });
+    auto c = std::move(idle.back());
+    idle.pop_back();
+    return reader_lease(*this, std::move(c));
+  }
+
+  // --- append_lookup over the writer connection (sees this transaction's writes) ---
+  std::optional<stored_event> find_event(std::string_view id) override {
+    auto st = writer->prepare("SELECT aggregate_id, sequence_number, position, timestamp FROM events WHERE id = ?");
+    if (!st) return std::nullopt;
+    st->bind(1, id);
+    if (st->step() != SQLITE_ROW) return std::nullopt;
+    return stored_event{std::string(st->text(0)), sequence_number(st->int64(1)), log_position(st->int64(2)),
+                        from_micros(st->int64(3))};
+  }
+  std::optional<aggregate_state> find_aggregate(std::string_view aggregate_id) override {
+    auto st = writer->prepare("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = ?");
+    if (!st) return std::nullopt;
+    st->bind(1, aggregate_id);
+    if (st->step() != SQLITE_ROW) return std::nullopt;
+    return aggregate_state{std::string(st->text(0)), st->int64(1)};
+  }
+
+  result<void> write_plan(const append_plan& plan) {
+    auto ins = writer->prepare(
+        "INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
+        "sequence_number, causation_id, correlation_id, metadata, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)");
+    if (!ins) return std::move(ins).error();
+    std::string md, pl;
+    for (const auto& e : plan.events) {
+      md = json::serialize(e.metadata);
+      pl = json::serialize(e.payload);
+      ins->bind(1, e.position.value).bind(2, std::string_view(e.id)).bind(3, std::string_view(e.type));
+      ins->bind(4, std::int64_t{e.version}).bind(5, to_micros(e.time)).bind(6, std::string_view(e.aggregate_id));
+      ins->bind(7, std::string_view(e.aggregate_type)).bind(8, e.sequence.value).bind(9, e.causation_id);
+      ins->bind(10, e.correlation_id).bind(11, std::string_view(md)).bind(12, std::string_view(pl));
+      if (ins->step() != SQLITE_DONE) return writer->last_error("insert event");
+      ins->reset();
+    }
+    const auto& last = plan.events.back();
+    auto up = writer->prepare(
+        "INSERT INTO aggregates (aggregate_id, aggregate_type, version, event_count, first_timestamp, last_timestamp) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version, "
+        "event_count = event_count + excluded.event_count, last_timestamp = excluded.last_timestamp");
+    if (!up) return std::move(up).error();
+    up->bind(1, std::string_view(last.aggregate_id)).bind(2, std::string_view(plan.aggregate_type));
+    up->bind(3, last.sequence.value).bind(4, static_cast<std::int64_t>(plan.events.size())).bind(5, to_micros(last.time));
+    if (up->step() != SQLITE_DONE) return writer->last_error("update aggregate");
+    return {};
+  }
+
+  std::vector<result<append_result>> commit(std::span<group_commit::pending> batch) {
+    std::vector<result<append_result>> results;
+    results.reserve(batch.size());
+    const timestamp start_time = last_time;
+    log_position next_head = head;
+    auto fail_all = [&](const error& e) {
+      results.clear();
+      for (std::size_t i = 0; i < batch.size(); ++i) results.emplace_back(e);
+      last_time = start_time;
+      return std::move(results);
+    };
+    if (auto r = writer->exec("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
+    last_time = std::max(last_time, clk.now());
+    for (auto& p : batch) {
+      auto plan = plan_append(p.request, *this, next_head, last_time);
+      if (!plan) {
+        results.emplace_back(std::move(plan).error());
+        continue;
+      }
+      if (plan->replay) {
+        results.emplace_back(std::move(plan->result));
+        continue;
+      }
+      if (auto r = writer->exec("SAVEPOINT one_append"); !r) {
+        results.emplace_back(r.error());
+        continue;
+      }
+      if (auto w = write_plan(*plan); !w) {
+        (void)writer->exec("ROLLBACK TO one_append");
+        (void)writer->exec("RELEASE one_append");
+        results.emplace_back(w.error());
+        continue;
+      }
+      (void)writer->exec("RELEASE one_append");
+      next_head = plan->events.back().position;
+      results.emplace_back(std::move(plan->result));
+    }
+    if (auto r = writer->exec("COMMIT"); !r) {
+      error e = r.error();
+      (void)writer->exec("ROLLBACK");
+      e.message = "append not stored: " + e.message;
+      return fail_all(e);
+    }
+    std::lock_guard lock(head_mutex);
+    head = next_head;
+    return results;
+  }
+};
+
+sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+sqlite_store::~sqlite_store() {
+  if (impl_ && impl_->committer) impl_->committer->stop();
+}
+
+result<std::unique_ptr<sqlite_store>> sqlite_store::open(const std::string& path, const store_options& options) {
+  auto p = std::make_unique<impl>(path, options.time_source ? *options.time_source : default_clock());
+  auto w = open_connection(path, true, options.unsafe_no_fsync);
+  if (!w) return std::move(w).error();
+  p->writer = std::move(*w);
+  auto& db = *p->writer;
+  // Migrations: each runs once, in its own transaction, recorded in schema_migrations.
+  if (auto r = db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"); !r)
+    return std::move(r).error();
+  std::int64_t applied = 0;
+  {
+    auto st = db.prepare("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+    if (!st) return std::move(st).error();
+    if (st->step() == SQLITE_ROW) applied = st->int64(0);
+  }
+  const auto known = static_cast<std::int64_t>(std::size(migrations));
+  if (applied > known)
+    return error::make(errc::unavailable, "database '" + path + "' has schema version " + std::to_string(applied) +
+                                              ", newer than this server knows (" + std::to_string(known) + ")");
+  for (auto v = applied + 1; v <= known; ++v) {
+    if (auto r = db.exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
+    if (auto r = db.exec(migrations[v - 1]); !r) {
+      (void)db.exec("ROLLBACK");
+      return std::move(r).error();
+    }
+    auto st = db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)");
+    if (!st) return std::move(st).error();
+    st->bind(1, v).bind(2, to_micros(p->clk.now()));
+    if (st->step() != SQLITE_DONE) return db.last_error("record migration");
+    if (auto r = db.exec("COMMIT"); !r) return std::move(r).error();
+  }
+  {
+    auto st = db.prepare("SELECT COALESCE(MAX(position), 0), COALESCE(MAX(timestamp), 0) FROM events");
+    if (!st) return std::move(st).error();
+    if (st->step() == SQLITE_ROW) {
+      p->head = log_position(st->int64(0));
+      p->last_time = from_micros(st->int64(1));
+    }
+  }
+  for (std::size_t i = 0; i < std::max<std::size_t>(options.read_connections, 1); ++i) {
+    auto r = open_connection(path, false, options.unsafe_no_fsync);
+    if (!r) return std::move(r).error();
+    p->idle.push_back(std::move(*r));
+  }
+  auto* raw = p.get();
+  p->committer = std::make_unique<group_commit>(
+      [raw](std::span<group_commit::pending> batch) { return raw->commit(batch); }, options.max_pending_appends);
+  return std::unique_ptr<sqlite_store>(new sqlite_store(std::move(p)));
+}
+
+void sqlite_store::submit_append(append_request request, append_callback done) {
+  impl_->committer->enqueue(std::move(request), std::move(done));
+}
+
+log_position sqlite_store::head() {
+  std::lock_guard lock(impl_->head_mutex);
+  return impl_->head;
+}
+
+result<std::vector<event>> sqlite_store::read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                                        std::optional<std::int64_t> to_version, std::size_t limit) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + event_columns +
+                        " FROM events WHERE aggregate_id = ? AND sequence_number >= ? AND sequence_number <= ? "
+                        "ORDER BY sequence_number LIMIT ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id).bind(2, from_version).bind(3, to_version.value_or(INT64_MAX));
+  st->bind(4, static_cast<std::int64_t>(limit));
+  std::vector<event> out;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    auto e = row_to_event(*st);
+    if (!e) return std::move(e).error();
+    out.push_back(std::move(*e));
+  }
+  if (rc != SQLITE_DONE) return db->last_error("read aggregate");
+  return out;
+}
+
+result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_t limit) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events WHERE position > ? ORDER BY position LIMIT ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, after.value).bind(2, static_cast<std::int64_t>(limit));
+  std::vector<event> out;
+  out.reserve(std::min<std::size_t>(limit, 4096));
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    auto e = row_to_event(*st);
+    if (!e) return std::move(e).error();
+    out.push_back(std::move(*e));
+  }
+  if (rc != SQLITE_DONE) return db->last_error("read log");
+  return out;
+}
+
+result<query_result> sqlite_store::query(const event_query& q, const pagination& page) {
+  auto db = impl_->reader();
+  // One read transaction so that the count and the page see the same snapshot.
+  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
+  struct end_txn {
+    connection& c;
+    ~end_txn() { (void)c.exec("COMMIT"); }
+  } guard{*db};
+  const auto w = build_where(q);
+  query_result out;
+  {
+    auto st = db->prepare("SELECT COUNT(*) FROM events" + w.sql);
+    if (!st) return std::move(st).error();
+    bind_where(*st, w, q);
+    if (st->step() != SQLITE_ROW) return db->last_error("count");
+    out.total_count = st->int64(0);
+  }
+  const int n = static_cast<int>(w.binds.size()) + 2;
+  auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events" + w.sql + " AND position > ?" +
+                        std::to_string(n) + " ORDER BY position LIMIT ?" + std::to_string(n + 1));
+  if (!st) return std::move(st).error();
+  bind_where(*st, w, q);
+  st->bind(n, page.after.value).bind(n + 1, static_cast<std::int64_t>(page.limit + 1));
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    if (out.events.size() == page.limit) {
+      out.has_more = true;
+      break;
+    }
+    auto e = row_to_event(*st);
+    if (!e) return std::move(e).error();
+    out.events.push_back(std::move(*e));
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return db->last_error("query");
+  if (out.has_more) out.cursor = encode_cursor(out.events.back().position);
+  return out;
+}
+
+result<event> sqlite_store::get_event(std::string_view id) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events WHERE id = ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, id);
+  int rc = st->step();
+  if (rc == SQLITE_DONE) return error::make(errc::not_found, "no event with id " + std::string(id));
+  if (rc != SQLITE_ROW) return db->last_error("get event");
+  return row_to_event(*st);
+}
+
+result<aggregate_metadata> sqlite_store::get_aggregate_metadata(std::string_view aggregate_id) {
+  auto db = impl_->reader();
+  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
+  struct end_txn {
+    connection& c;
+    ~end_txn() { (void)c.exec("COMMIT"); }
+  } guard{*db};
+  aggregate_metadata m;
+  {
+    auto st = db->prepare(
+        "SELECT aggregate_type, version, event_count, first_timestamp, last_timestamp FROM aggregates "
+        "WHERE aggregate_id = ?");
+    if (!st) return std::move(st).error();
+    st->bind(1, aggregate_id);
+    int rc = st->step();
+    if (rc == SQLITE_DONE) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+    if (rc != SQLITE_ROW) return db->last_error("aggregate metadata");
+    m.aggregate_id = aggregate_id;
+    m.aggregate_type = st->text(0);
+    m.version = st->int64(1);
+    m.event_count = st->int64(2);
+    m.first_event_time = from_micros(st->int64(3));
+    m.last_event_time = from_micros(st->int64(4));
+  }
+  auto st = db->prepare(
+      "SELECT sequence_number, created_at FROM snapshots WHERE aggregate_id = ? ORDER BY sequence_number DESC LIMIT 1");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id);
+  if (st->step() == SQLITE_ROW) {
+    m.snapshot_version = st->int64(0);
+    m.snapshot_time = from_micros(st->int64(1));
+  }
+  return m;
+}
+
+result<void> sqlite_store::create_snapshot(std::string_view aggregate_id, std::int64_t sequence, json::object data) {
+  // Snapshots go through a reader connection in its own write transaction: they are not
+  // events, take no log position, and so need not queue behind the group commit.
+  auto db = impl_->reader();
+  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
+  bool committed = false;
+  struct end_txn {
+    connection& c;
+    bool& done;
+    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
+  } guard{*db, committed};
+  std::string type;
+  std::int64_t version = 0;
+  {
+    auto st = db->prepare("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = ?");
+    if (!st) return std::move(st).error();
+    st->bind(1, aggregate_id);
+    if (st->step() != SQLITE_ROW) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+    type = st->text(0);
+    version = st->int64(1);
+  }
+  if (sequence < 1 || sequence > version)
+    return error::invalid("sequenceNumber", "must be between 1 and the aggregate's version " + std::to_string(version));
+  auto st = db->prepare(
+      "INSERT OR REPLACE INTO snapshots (aggregate_id, sequence_number, aggregate_type, data, created_at) "
+      "VALUES (?, ?, ?, ?, ?)");
+  if (!st) return std::move(st).error();
+  const std::string text = json::serialize(data);
+  st->bind(1, aggregate_id).bind(2, sequence).bind(3, std::string_view(type)).bind(4, std::string_view(text));
+  st->bind(5, to_micros(impl_->clk.now()));
+  if (st->step() != SQLITE_DONE) return db->last_error("create snapshot");
+  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
+  committed = true;
+  return {};
+}
+
+result<std::optional<snapshot>> sqlite_store::get_latest_snapshot(std::string_view aggregate_id) {
+  auto db = impl_->reader();
+  auto st = db->prepare(
+      "SELECT sequence_number, aggregate_type, data, created_at FROM snapshots WHERE aggregate_id = ? "
+      "ORDER BY sequence_number DESC LIMIT 1");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id);
+  int rc = st->step();
+  if (rc == SQLITE_DONE) return std::optional<snapshot>();
+  if (rc != SQLITE_ROW) return db->last_error("get snapshot");
+  snapshot s;
+  s.aggregate_id = aggregate_id;
+  s.sequence_number = st->int64(0);
+  s.aggregate_type = st->text(1);
+  auto data = parse_object(st->text(2), "snapshot");
+  if (!data) return std::move(data).error();
+  s.data = std::move(*data);
+  s.created_at = from_micros(st->int64(3));
+  return std::optional<snapshot>(std::move(s));
+}
+
+}  // namespace pliers

@@ -1,0 +1,38 @@
+// The embedded default store on SQLite 3.40. One writer thread commits appends in groups
+// (store/group_commit.hpp) through one connection; reads use a pool of connections that
+// see committed data only (WAL). Durable: journal_mode=WAL, synchronous=FULL, so an
+// acknowledged append survives a crash or power loss. The file format is described in
+// sqlite_schema.hpp and docs/storage.md.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "store/event_store.hpp"
+
+namespace pliers {
+
+class sqlite_store final : public event_store {
+ public:
+  static result<std::unique_ptr<sqlite_store>> open(const std::string& path, const store_options& options);
+  ~sqlite_store() override;
+
+  result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                            std::optional<std::int64_t> to_version, std::size_t limit) override;
+  result<query_result> query(const event_query& q, const pagination& page) override;
+  result<std::vector<event>> read_all(log_position after, std::size_t limit) override;
+  result<event> get_event(std::string_view id) override;
+  result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) override;
+  result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
+  result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
+  log_position head() override;
+
+  struct impl;
+
+ private:
+  explicit sqlite_store(std::unique_ptr<impl> p);
+  void submit_append(append_request request, append_callback done) override;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace pliers
