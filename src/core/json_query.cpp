@@ -24,7 +24,7 @@ result<json_path> json_path::parse(std::string_view text, std::string_view field
     // Relative form "a.b[0]": treat as "$.a.b[0]".
     if (s.front() != '[' && s.front() != '.') {
       p.steps_.reserve(4);
-      std::size_t end = s.find_first_of(".[");
+      std::size_t end = s.find_first_of(".[]");
       auto key = s.substr(0, end);
       p.steps_.emplace_back(std::string(key));
       s.remove_prefix(key.size());
@@ -33,7 +33,7 @@ result<json_path> json_path::parse(std::string_view text, std::string_view field
   while (!s.empty()) {
     if (s.front() == '.') {
       s.remove_prefix(1);
-      std::size_t end = s.find_first_of(".[");
+      std::size_t end = s.find_first_of(".[]");
       auto key = s.substr(0, end);
       if (key.empty()) return fail("empty key after '.'");
       p.steps_.emplace_back(std::string(key));

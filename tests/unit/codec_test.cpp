@@ -1,0 +1,162 @@
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include "core/event_codec.hpp"
+#include "core/time_format.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+
+event sample_event() {
+  event e;
+  e.id = "123e4567-e89b-42d3-a456-426614174000";
+  e.type = "form.\"quoted\"\n";
+  e.version = 2;
+  e.time = *parse_rfc3339("2025-06-01T12:00:00.000123Z");
+  e.aggregate_id = "form-1";
+  e.aggregate_type = "form";
+  e.sequence = sequence_number(3);
+  e.position = log_position(42);
+  e.correlation_id = "223e4567-e89b-42d3-a456-426614174000";
+  e.metadata = json::parse(R"({"sourceSystem":"forms","sourceVersion":"1.0","tags":["a"]})").as_object();
+  e.payload = json::parse(R"({"title":"héllo","n":1,"deep":{"x":[1,2,{"y":null}]}})").as_object();
+  return e;
+}
+
+TEST(EventCodec, RoundTripsEveryField) {
+  auto e = sample_event();
+  std::string text;
+  write_event_json(text, e);
+  auto v = json::parse(text);
+  EXPECT_EQ(v.at("timestamp").as_string(), "2025-06-01T12:00:00.000123Z");
+  EXPECT_EQ(v.at("position").as_int64(), 42);
+  EXPECT_EQ(v.at("sequenceNumber").as_int64(), 3);
+  EXPECT_FALSE(v.as_object().contains("causationId"));
+  auto back = event_from_json(v);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->id, e.id);
+  EXPECT_EQ(back->type, e.type);
+  EXPECT_EQ(back->version, 2);
+  EXPECT_EQ(back->time, e.time);
+  EXPECT_EQ(back->aggregate_id, e.aggregate_id);
+  EXPECT_EQ(back->sequence, e.sequence);
+  EXPECT_EQ(back->position, e.position);
+  EXPECT_EQ(back->correlation_id, e.correlation_id);
+  EXPECT_FALSE(back->causation_id);
+  EXPECT_EQ(back->metadata, e.metadata);
+  EXPECT_EQ(back->payload, e.payload);
+}
+
+TEST(EventCodec, EscapesControlCharacters) {
+  std::string out;
+  append_json_string(out, std::string("a\x01\"\\\t", 5));
+  EXPECT_EQ(out, R"("a\u0001\"\\\t")");
+  EXPECT_EQ(json::parse(out).as_string(), std::string("a\x01\"\\\t", 5));
+}
+
+TEST(EventCodec, ParseJsonEnforcesDepth) {
+  std::string deep(65, '[');
+  deep += std::string(65, ']');
+  auto r = parse_json(deep, {64});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().field, "body");
+  EXPECT_NE(r.error().message.find("deeper than 64"), std::string::npos);
+  EXPECT_TRUE(parse_json(std::string(64, '[') + std::string(64, ']'), {64}));
+  EXPECT_FALSE(parse_json("{\"a\":1", {}));
+  EXPECT_FALSE(parse_json("\"\xff\"", {}));  // invalid UTF-8
+}
+
+result<append_request> body(const char* text) { return append_request_from_json(json::parse(text), "agg-1"); }
+
+TEST(EventCodec, AppendRequestShapeErrorsNameTheField) {
+  struct bad_case {
+    const char* body;
+    const char* field;
+  };
+  const bad_case cases[] = {
+      {R"([])", "body"},
+      {R"({"events":{}})", "events"},
+      {R"({})", "events"},
+      {R"({"expectedVersion":-1,"events":[]})", "expectedVersion"},
+      {R"({"expectedVersion":1.5,"events":[]})", "expectedVersion"},
+      {R"({"expectedVersion":"1","events":[]})", "expectedVersion"},
+      {R"({"events":[],"extra":1})", "extra"},
+      {R"({"events":[5]})", "events[0]"},
+      {R"({"events":[{"aggregateType":"f","payload":{},"metadata":{}}]})", "events[0].type"},
+      {R"({"events":[{"type":1,"aggregateType":"f","payload":{},"metadata":{}}]})", "events[0].type"},
+      {R"({"events":[{"type":"t","payload":{},"metadata":{}}]})", "events[0].aggregateType"},
+      {R"({"events":[{"type":"t","aggregateType":"f","metadata":{}}]})", "events[0].payload"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":[],"metadata":{}}]})", "events[0].payload"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{}}]})", "events[0].metadata"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{},"metadata":{},"version":0}]})", "events[0].version"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{},"metadata":{},"id":7}]})", "events[0].id"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{},"metadata":{},"sequenceNumber":1}]})",
+       "events[0].sequenceNumber"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{},"metadata":{},"aggregateId":"other"}]})",
+       "events[0].aggregateId"},
+      {R"({"events":[{"type":"t","aggregateType":"f","payload":{},"metadata":{},"colour":"red"}]})",
+       "events[0].colour"},
+  };
+  for (const auto& c : cases) {
+    auto r = body(c.body);
+    ASSERT_FALSE(r) << c.body;
+    EXPECT_EQ(r.error().code, errc::invalid_argument) << c.body;
+    EXPECT_EQ(r.error().field, c.field) << c.body;
+  }
+}
+
+TEST(EventCodec, AppendRequestAcceptsNullsAndOptionalFields) {
+  auto r = body(R"({"expectedVersion":null,"events":[{"type":"t","aggregateType":"f","payload":{},
+                  "metadata":{"sourceSystem":"s","sourceVersion":"1"},"id":null,"causationId":null,"version":3,
+                  "aggregateId":"agg-1"}]})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(r->expected_version);
+  EXPECT_EQ(r->events[0].version, 3);
+  EXPECT_FALSE(r->events[0].id);
+}
+
+TEST(EventCodec, EventQueryFromJson) {
+  auto q = event_query_from_json(json::parse(R"({"eventTypes":["form.*","submission.created"],"aggregateTypes":["form"],
+      "aggregateIds":["a","b"],"timestampRange":{"from":"2025-01-01T00:00:00Z","to":"2025-02-01"},
+      "sequenceRange":{"from":2,"to":9},"payloadQuery":{"path":"$.a","operator":"exists"},
+      "metadataQuery":[{"path":"$.userId","operator":"equals","value":"u"}]})"),
+                                 "query");
+  ASSERT_TRUE(q) << q.error().message;
+  EXPECT_EQ(q->event_types.size(), 2u);
+  EXPECT_EQ(q->aggregate_ids.size(), 2u);
+  EXPECT_EQ(format_rfc3339(*q->to), "2025-02-01T00:00:00.000000Z");
+  EXPECT_EQ(*q->sequence_from, 2);
+  EXPECT_EQ(q->payload_query.size(), 1u);
+  EXPECT_EQ(q->metadata_query.size(), 1u);
+
+  auto bad = [](const char* text) { return event_query_from_json(json::parse(text), "query").error().field; };
+  EXPECT_EQ(bad(R"({"eventTypes":["form..x"]})"), "query.eventTypes[0]");
+  EXPECT_EQ(bad(R"({"timestampRange":{"from":"nope"}})"), "query.timestampRange.from");
+  EXPECT_EQ(bad(R"({"sequenceRange":{"to":-1}})"), "query.sequenceRange.to");
+  EXPECT_EQ(bad(R"({"payloadQuery":{"path":"$.a","operator":"regex","value":"("}})"), "query.payloadQuery.value");
+  EXPECT_EQ(bad(R"({"evenTypes":["x"]})"), "query.evenTypes");
+}
+
+TEST(EventCodec, Cursor) {
+  for (std::int64_t p : std::initializer_list<std::int64_t>{0, 1, 35, 36, 123456789, INT64_MAX}) {
+    auto c = encode_cursor(log_position(p));
+    auto back = decode_cursor(c);
+    ASSERT_TRUE(back) << c;
+    EXPECT_EQ(back->value, p);
+  }
+  for (const char* bad : {"", "p", "x12", "p-1", "pZZ", "p1 ", "p!!", "pzzzzzzzzzzzzzzzzzz"}) {
+    auto r = decode_cursor(bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().field, "cursor");
+  }
+  auto page = pagination_from_json(json::parse(R"({"limit":5,"cursor":"p9"})"), "pagination");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->limit, 5u);
+  EXPECT_EQ(page->after.value, 9);
+  EXPECT_FALSE(pagination_from_json(json::parse(R"({"limit":0})"), "pagination"));
+  EXPECT_FALSE(pagination_from_json(json::parse(R"({"limit":10001})"), "pagination"));
+}
+
+}  // namespace pliers
