@@ -76,7 +76,8 @@ asio::awaitable<result<append_result>> async_append(event_store& store, append_r
 
 reply json_reply(http::status status, const boost::json::value& body);
 reply json_text_reply(http::status status, std::string body);
-reply problem_reply(const error& e);
+// The problem document for e; `status` overrides the code's usual status (e.g. 431).
+reply problem_reply(const error& e, std::optional<http::status> status = std::nullopt);
 reply method_not_allowed(const char* allow);
 // Parses the request body as JSON with the configured depth limit.
 result<boost::json::value> parse_body(const request_context& ctx);

@@ -26,8 +26,10 @@ reply json_reply(http::status status, const boost::json::value& body) {
   return json_text_reply(status, boost::json::serialize(body));
 }
 
-reply problem_reply(const error& e) {
-  auto r = json_reply(static_cast<http::status>(http_status(e)), problem_json(e));
+reply problem_reply(const error& e, std::optional<http::status> status) {
+  auto body = problem_json(e);
+  if (status) body["status"] = static_cast<unsigned>(*status);
+  auto r = json_reply(status.value_or(static_cast<http::status>(http_status(e))), body);
   r.head.set(http::field::content_type, "application/problem+json");
   return r;
 }
@@ -246,8 +248,7 @@ struct http_server::impl {
       e = error::invalid("headers", "request headers larger than 16 KiB");
       status = http::status::request_header_fields_too_large;
     }
-    auto r = problem_reply(e);
-    r.head.result(status);
+    auto r = problem_reply(e, status);
     co_await write_reply(stream, r, false);
   }
 

@@ -45,3 +45,20 @@ TEST(Config, ErrorsNameTheSetting) {
 }
 
 }  // namespace pliers
+
+namespace pliers {
+
+TEST(Config, TheDocumentedExampleFileLoadsAndMatchesTheDefaults) {
+  server_config defaults;
+  server_config cfg;
+  auto r = apply_toml_file(cfg, std::string(PLIERS_SOURCE_DIR) + "/docs/pliers-events.example.toml");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(cfg.listen, defaults.listen);
+  EXPECT_EQ(cfg.store, defaults.store);
+  EXPECT_EQ(cfg.max_body_bytes, defaults.max_body_bytes);
+  EXPECT_EQ(cfg.max_json_depth, defaults.max_json_depth);
+  EXPECT_EQ(cfg.max_pending_appends, defaults.max_pending_appends);
+  EXPECT_EQ(cfg.shutdown_grace, defaults.shutdown_grace);
+}
+
+}  // namespace pliers
