@@ -72,7 +72,12 @@ result<http_response> http_client::request(std::string_view method, std::string_
     if (req[http::field::content_type].empty()) req.set(http::field::content_type, "application/json");
     req.prepare_payload();
   }
+  // Only a request that may safely be sent twice is retried on a reused connection that
+  // the server had closed; an append (POST) that fails that way is reported as failed, its
+  // outcome unknown, and the caller retries it with the same event ids if it wants to.
+  const bool retryable = method == "GET" || method == "HEAD" || method == "PUT" || method == "DELETE";
   for (int attempt = 0; attempt < 2; ++attempt) {
+    const bool reused = p.stream.has_value();
     if (!p.stream) {
       if (auto r = p.open(); !r) return std::move(r).error();
     }
@@ -84,9 +89,9 @@ result<http_response> http_client::request(std::string_view method, std::string_
     if (!ec) http::read(*p.stream, p.buffer, parser, ec);
     if (ec) {
       p.stream.reset();
-      // A stale keep-alive connection fails before the server reads anything: retry once.
-      if (attempt == 0 && (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
-                           ec == asio::error::broken_pipe || ec == asio::error::eof))
+      if (attempt == 0 && reused && retryable &&
+          (ec == http::error::end_of_stream || ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+           ec == asio::error::eof))
         continue;
       return error::make(errc::unavailable, "request failed: " + ec.message());
     }

@@ -1,6 +1,6 @@
 // A small blocking HTTP/1.1 client with keep-alive, for the CLI, tests and benchmarks.
-// Not thread-safe: one client per thread. Reconnects once when the server has closed an
-// idle connection; never retries a request that may have been received.
+// Not thread-safe: one client per thread. When the server has closed a reused idle
+// connection, GET/HEAD/PUT/DELETE are sent once more on a new one; POST never is.
 #pragma once
 
 #include <chrono>

@@ -120,6 +120,8 @@ struct http_server::impl {
         log::warn("connection refused: max_connections reached", {{"max_connections", cfg.max_connections}});
         continue;
       }
+      boost::system::error_code nodelay_ec;  // small replies and chunks must not wait for Nagle
+      socket.set_option(tcp::no_delay(true), nodelay_ec);
       auto ex = socket.get_executor();
       asio::co_spawn(ex, session(std::move(socket)), asio::detached);
     }

@@ -2,6 +2,9 @@
 
 #include "core/uuid.hpp"
 
+#include <type_traits>
+#include <utility>
+
 namespace pliers {
 
 namespace {
@@ -28,7 +31,8 @@ std::optional<append_result> as_replay(const append_request& req, append_lookup&
 
 }  // namespace
 
-result<append_plan> plan_append(append_request& req, append_lookup& lookup, log_position head, timestamp now) {
+template <class Request>
+result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position head, timestamp now) {
   append_plan plan;
   // Idempotency and duplicate ids come first: a retry must succeed even though the
   // aggregate's version has moved past its expectedVersion.
@@ -81,25 +85,38 @@ result<append_plan> plan_append(append_request& req, append_lookup& lookup, log_
   plan.result.aggregate_id = req.aggregate_id;
   plan.result.events.reserve(req.events.size());
   std::int64_t seq = current, pos = head.value;
+  constexpr bool consume = std::is_rvalue_reference_v<Request&&>;
+  auto take = [](auto& field) -> decltype(auto) {
+    if constexpr (consume) return std::move(field);
+    else return std::as_const(field);
+  };
   for (auto& ne : req.events) {
     event e;
-    e.id = ne.id ? std::move(*ne.id) : new_uuid_v4();
-    e.type = std::move(ne.type);
+    e.id = ne.id ? std::string(take(*ne.id)) : new_uuid_v4();
+    e.type = take(ne.type);
     e.version = ne.version;
     e.time = now;
     e.aggregate_id = req.aggregate_id;
     e.aggregate_type = type;
     e.sequence = sequence_number(++seq);
     e.position = log_position(++pos);
-    e.causation_id = std::move(ne.causation_id);
-    e.correlation_id = std::move(ne.correlation_id);
-    e.metadata = std::move(ne.metadata);
-    e.payload = std::move(ne.payload);
+    e.causation_id = take(ne.causation_id);
+    e.correlation_id = take(ne.correlation_id);
+    e.metadata = take(ne.metadata);
+    e.payload = take(ne.payload);
     plan.result.events.push_back({e.id, e.sequence, e.position, e.time});
     plan.events.push_back(std::move(e));
   }
   plan.result.version = seq;
   return plan;
+}
+
+result<append_plan> plan_append(const append_request& req, append_lookup& lookup, log_position head, timestamp now) {
+  return plan_impl(req, lookup, head, now);
+}
+
+result<append_plan> plan_append(append_request&& req, append_lookup& lookup, log_position head, timestamp now) {
+  return plan_impl(std::move(req), lookup, head, now);
 }
 
 }  // namespace pliers

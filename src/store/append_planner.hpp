@@ -43,7 +43,10 @@ struct append_plan {
 };
 
 // `head` is the last position used; `now` the commit time (already made monotonic).
-result<append_plan> plan_append(append_request& request, append_lookup& lookup, log_position head,
+// The const form copies the events and leaves the request intact, so a backend may plan it
+// again after a failed transaction; the rvalue form moves the events out.
+result<append_plan> plan_append(const append_request& request, append_lookup& lookup, log_position head,
                                 timestamp now);
+result<append_plan> plan_append(append_request&& request, append_lookup& lookup, log_position head, timestamp now);
 
 }  // namespace pliers

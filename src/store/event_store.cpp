@@ -4,6 +4,7 @@
 
 #include "core/validation.hpp"
 #include "store/memory/memory_store.hpp"
+#include "store/postgres/postgres_store.hpp"
 #include "store/sqlite/sqlite_store.hpp"
 
 namespace pliers {
@@ -49,8 +50,11 @@ result<std::unique_ptr<event_store>> open_store(std::string_view url, const stor
       return std::unique_ptr<event_store>(std::move(*s));
     }
   }
-  if (url.starts_with("postgres://") || url.starts_with("postgresql://"))
-    return error::invalid("store", "the postgres store is not part of this build yet");
+  if (url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    auto s = postgres_store::open(std::string(url), options);
+    if (!s) return std::move(s).error();
+    return std::unique_ptr<event_store>(std::move(*s));
+  }
   return error::invalid("store", "unknown store URL '" + std::string(url) +
                                      "': use memory:, sqlite:PATH or postgres://...");
 }

@@ -7,6 +7,7 @@
 // Errors: expected outcomes are result<> values; no exception crosses this interface.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -71,11 +72,19 @@ class event_store {
 struct store_options {
   const clock* time_source = nullptr;  // nullptr = system clock
   std::size_t max_pending_appends = 20000;  // group-commit queue bound; beyond it: unavailable
-  std::size_t read_connections = 4;          // sqlite: reader pool size
+  std::size_t read_connections = 4;          // sqlite: reader pool size; postgres: pool size
   bool unsafe_no_fsync = false;               // sqlite synchronous=OFF: for negative controls only
+  // postgres
+  std::string partition_strategy = "monthly";  // monthly | weekly | daily | none (fixed at creation)
+  std::string json_index = "gin_path_ops";     // gin | gin_path_ops | none (fixed at creation)
+  std::chrono::milliseconds query_timeout{30000};
+  std::chrono::milliseconds connect_timeout{30000};  // total time to keep retrying at start
+  bool run_migrations = true;
+  std::function<void(const std::string&)> warn;  // start-up retries and maintenance problems
 };
 
-// Opens a store from its URL: "memory:", "sqlite:PATH" (or "sqlite://PATH").
+// Opens a store from its URL: "memory:", "sqlite:PATH" (or "sqlite://PATH"),
+// "postgres://..." / "postgresql://..." (libpq URI).
 result<std::unique_ptr<event_store>> open_store(std::string_view url, const store_options& options = {});
 
 }  // namespace pliers

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <map>
 #include <set>
 #include <random>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 #include "store/event_store.hpp"
+#include "support/postgres.hpp"
 
 namespace pliers {
 
@@ -43,6 +45,23 @@ std::vector<backend> backends() {
                    if (!s) throw std::runtime_error(s.error().message);
                    return std::move(*s);
                  }});
+  if (auto url = testing::postgres_url()) {
+    out.push_back({"postgres", true, [base = *url](const std::filesystem::path& dir, const clock* c) {
+                     // One schema per test, named in a file of the test's directory so that
+                     // a reopen finds the same one.
+                     static std::map<std::string, std::unique_ptr<testing::postgres_schema>> schemas;
+                     auto& schema = schemas[dir.string()];
+                     if (!schema) schema = std::make_unique<testing::postgres_schema>(base);
+                     store_options o;
+                     o.time_source = c;
+                     o.read_connections = 4;
+                     auto s = open_store(schema->url(), o);
+                     if (!s) throw std::runtime_error(s.error().message);
+                     return std::move(*s);
+                   }});
+  } else if (testing::in_ci()) {
+    ADD_FAILURE() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set: PostgreSQL must be tested in CI";
+  }
   return out;
 }
 

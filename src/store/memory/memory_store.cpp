@@ -26,7 +26,7 @@ std::optional<append_lookup::aggregate_state> memory_store::find_aggregate(std::
 void memory_store::submit_append(append_request request, append_callback done) {
   std::unique_lock lock(mutex_);
   last_time_ = std::max(last_time_, clock_.now());
-  auto plan = plan_append(request, *this, log_position(static_cast<std::int64_t>(log_.size())), last_time_);
+  auto plan = plan_append(std::move(request), *this, log_position(static_cast<std::int64_t>(log_.size())), last_time_);
   if (!plan) {
     lock.unlock();
     done(std::move(plan).error());

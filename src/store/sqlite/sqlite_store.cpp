@@ -320,7 +320,7 @@ struct sqlite_store::impl final : private append_lookup {
     if (auto r = writer->exec("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
     last_time = std::max(last_time, clk.now());
     for (auto& p : batch) {
-      auto plan = plan_append(p.request, *this, next_head, last_time);
+      auto plan = plan_append(std::move(p.request), *this, next_head, last_time);
       if (!plan) {
         results.emplace_back(std::move(plan).error());
         continue;

@@ -1,0 +1,972 @@
+#include "store/postgres/postgres_store.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "core/clock.hpp"
+#include "core/time_format.hpp"
+#include "store/append_planner.hpp"
+#include "store/group_commit.hpp"
+#include "store/postgres/pg_db.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+using pg::connection;
+using pg::params;
+
+namespace {
+
+constexpr const char* event_columns =
+    "position, id, type, version, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint, aggregate_id, aggregate_type, "
+    "sequence_number, causation_id, correlation_id, metadata, payload";
+
+std::string migration_1(const std::string& strategy, const std::string& json_index) {
+  const bool partitioned = strategy != "none";
+  std::string sql = R"sql(
+CREATE TABLE aggregates (
+  aggregate_id VARCHAR(255) PRIMARY KEY,
+  aggregate_type VARCHAR(50) NOT NULL,
+  version BIGINT NOT NULL,                 -- 0: reserved by an append that wrote nothing yet
+  event_count BIGINT NOT NULL DEFAULT 0,
+  first_timestamp TIMESTAMPTZ,
+  last_timestamp TIMESTAMPTZ
+);
+CREATE TABLE log_head (
+  singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+  position BIGINT NOT NULL,               -- the last position handed out
+  last_timestamp TIMESTAMPTZ NOT NULL     -- timestamps never go backwards, across processes
+);
+INSERT INTO log_head VALUES (TRUE, 0, '-infinity');
+CREATE TABLE event_ids (
+  id UUID PRIMARY KEY,
+  aggregate_id VARCHAR(255) NOT NULL,
+  sequence_number BIGINT NOT NULL,
+  position BIGINT NOT NULL,
+  timestamp TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE events (
+  position BIGINT NOT NULL,
+  id UUID NOT NULL,
+  type VARCHAR(100) NOT NULL,
+  version INTEGER NOT NULL DEFAULT 1,
+  timestamp TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+  aggregate_id VARCHAR(255) NOT NULL,
+  aggregate_type VARCHAR(50) NOT NULL,
+  sequence_number BIGINT NOT NULL,
+  causation_id UUID,
+  correlation_id UUID,
+  metadata JSONB NOT NULL DEFAULT '{}',
+  payload JSONB NOT NULL,
+)sql";
+  sql += partitioned ? "  PRIMARY KEY (position, timestamp)\n) PARTITION BY RANGE (timestamp);\n"
+                     : "  PRIMARY KEY (position)\n);\n";
+  sql += R"sql(
+CREATE INDEX idx_events_type ON events (type);
+CREATE INDEX idx_events_aggregate ON events (aggregate_id, sequence_number);
+CREATE INDEX idx_events_timestamp ON events (timestamp);
+CREATE INDEX idx_events_correlation ON events (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE TABLE event_snapshots (
+  aggregate_id VARCHAR(255) NOT NULL,
+  sequence_number BIGINT NOT NULL,
+  aggregate_type VARCHAR(50) NOT NULL,
+  snapshot_data JSONB NOT NULL,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+  PRIMARY KEY (aggregate_id, sequence_number)
+);
+CREATE TABLE pliers_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+)sql";
+  if (json_index == "gin")
+    sql += "CREATE INDEX idx_events_metadata ON events USING gin (metadata);\n"
+           "CREATE INDEX idx_events_payload ON events USING gin (payload);\n";
+  else if (json_index == "gin_path_ops")
+    sql += "CREATE INDEX idx_events_metadata ON events USING gin (metadata jsonb_path_ops);\n"
+           "CREATE INDEX idx_events_payload ON events USING gin (payload jsonb_path_ops);\n";
+  sql += "INSERT INTO pliers_settings VALUES ('partition_strategy', '" + strategy + "'), ('json_index', '" +
+         json_index + "');\n";
+  return sql;
+}
+
+// Period boundaries in UTC.
+timestamp period_start(timestamp t, const std::string& strategy) {
+  using namespace std::chrono;
+  auto day = floor<days>(t);
+  if (strategy == "daily") return timestamp(day);
+  if (strategy == "weekly") {
+    weekday wd{day};
+    return timestamp(day - days((wd.c_encoding() + 6) % 7));  // Monday
+  }
+  year_month_day ymd{day};
+  return timestamp(sys_days{ymd.year() / ymd.month() / 1});
+}
+
+timestamp period_next(timestamp start, const std::string& strategy) {
+  using namespace std::chrono;
+  if (strategy == "daily") return start + days(1);
+  if (strategy == "weekly") return start + days(7);
+  year_month_day ymd{floor<days>(start)};
+  auto next = ymd.year() / ymd.month() / 1 + months(1);
+  return timestamp(sys_days{next});
+}
+
+std::string partition_name(timestamp start) {
+  auto s = format_rfc3339(start);  // YYYY-MM-DDT...
+  return "events_p" + s.substr(0, 4) + s.substr(5, 2) + s.substr(8, 2);
+}
+
+result<json::object> parse_object(std::string_view text) {
+  boost::system::error_code ec;
+  auto v = json::parse(json::string_view(text.data(), text.size()), ec);
+  if (ec || !v.is_object()) return error::make(errc::internal, "corrupt JSON in store");
+  return std::move(v.get_object());
+}
+
+result<event> row_to_event(const pg::query_result& r, int row) {
+  event e;
+  e.position = log_position(r.int64(row, 0));
+  e.id = r.text(row, 1);
+  e.type = r.text(row, 2);
+  e.version = static_cast<std::int32_t>(r.int64(row, 3));
+  e.time = from_micros(r.int64(row, 4));
+  e.aggregate_id = r.text(row, 5);
+  e.aggregate_type = r.text(row, 6);
+  e.sequence = sequence_number(r.int64(row, 7));
+  if (!r.is_null(row, 8)) e.causation_id = std::string(r.text(row, 8));
+  if (!r.is_null(row, 9)) e.correlation_id = std::string(r.text(row, 9));
+  auto md = parse_object(r.text(row, 10));
+  if (!md) return std::move(md).error();
+  auto pl = parse_object(r.text(row, 11));
+  if (!pl) return std::move(pl).error();
+  e.metadata = std::move(*md);
+  e.payload = std::move(*pl);
+  return e;
+}
+
+std::string text_array(const std::vector<std::string>& values) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i) out += ',';
+    pg::append_array_element(out, values[i]);
+  }
+  return out + "}";
+}
+
+// A type pattern as a PostgreSQL regex over '.' || type (see docs/adr/0003).
+std::string pattern_regex(const type_pattern& p) {
+  std::string out = "^";
+  std::string_view text = p.text();
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto dot = text.find('.', start);
+    auto tok = text.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (tok == "**") out += "(\\.[^.]+)*";
+    else if (tok == "*") out += "\\.[^.]+";
+    else {
+      out += "\\.";
+      for (char c : tok) {
+        if (!std::isalnum(static_cast<unsigned char>(c))) out += '\\';
+        out += c;
+      }
+    }
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  return out + "$";
+}
+
+bool path_is_keys_only(const json_path& p) {
+  return std::all_of(p.steps().begin(), p.steps().end(),
+                     [](const auto& s) { return std::holds_alternative<std::string>(s); });
+}
+
+std::string path_array(const json_path& p) {
+  std::vector<std::string> keys;
+  for (const auto& s : p.steps()) keys.push_back(std::get<std::string>(s));
+  return text_array(keys);
+}
+
+// The value at a keys-only path wrapped back into objects: {"a":{"b":v}} for $.a.b.
+json::value wrap(const json_path& p, const json::value& v) {
+  json::value out = v;
+  for (auto it = p.steps().rbegin(); it != p.steps().rend(); ++it) {
+    json::object o;
+    o[std::get<std::string>(*it)] = std::move(out);
+    out = std::move(o);
+  }
+  return out;
+}
+
+struct sql_query {
+  std::string where;           // " WHERE ..." (never empty)
+  params values;               // $1..$n
+  event_query residual;        // conditions SQL does not evaluate exactly (checked in C++)
+  bool has_residual = false;
+};
+
+sql_query build_query(const event_query& q) {
+  sql_query s;
+  s.where = " WHERE TRUE";
+  auto param = [&](std::string v) {
+    s.values.emplace_back(std::move(v));
+    return "$" + std::to_string(s.values.size());
+  };
+  if (!q.event_types.empty()) {
+    bool literal = std::all_of(q.event_types.begin(), q.event_types.end(), [](auto& p) { return p.is_literal(); });
+    std::vector<std::string> items;
+    for (const auto& p : q.event_types) items.push_back(literal ? p.text() : pattern_regex(p));
+    s.where += literal ? " AND type = ANY(" + param(text_array(items)) + "::text[])"
+                       : " AND ('.' || type) ~ ANY(" + param(text_array(items)) + "::text[])";
+  }
+  if (!q.aggregate_types.empty()) s.where += " AND aggregate_type = ANY(" + param(text_array(q.aggregate_types)) + "::text[])";
+  if (!q.aggregate_ids.empty()) s.where += " AND aggregate_id = ANY(" + param(text_array(q.aggregate_ids)) + "::text[])";
+  if (q.from) s.where += " AND timestamp >= " + param(format_rfc3339(*q.from)) + "::timestamptz";
+  if (q.to) s.where += " AND timestamp <= " + param(format_rfc3339(*q.to)) + "::timestamptz";
+  if (q.sequence_from) s.where += " AND sequence_number >= " + param(std::to_string(*q.sequence_from)) + "::bigint";
+  if (q.sequence_to) s.where += " AND sequence_number <= " + param(std::to_string(*q.sequence_to)) + "::bigint";
+  auto json_conditions = [&](const std::vector<json_query>& conds, const char* column, std::vector<json_query>& residual) {
+    for (const auto& c : conds) {
+      const bool keys = path_is_keys_only(c.path());
+      if (keys && c.op() == json_operator::equals) {
+        // #> equality is exact (jsonb compares numbers by value, objects deeply); the
+        // containment test before it lets the GIN index narrow the rows.
+        s.where += std::string(" AND ") + column + " @> " + param(json::serialize(wrap(c.path(), c.value()))) +
+                   "::jsonb AND " + column + " #> " + param(path_array(c.path())) + "::text[] = " +
+                   param(json::serialize(c.value())) + "::jsonb";
+      } else if (keys && c.op() == json_operator::exists) {
+        s.where += std::string(" AND ") + column + " #> " + param(path_array(c.path())) + "::text[] IS NOT NULL";
+      } else {
+        residual.push_back(c);  // regex (RE2, never PostgreSQL's engine), contains, index paths
+        s.has_residual = true;
+      }
+    }
+  };
+  json_conditions(q.metadata_query, "metadata", s.residual.metadata_query);
+  json_conditions(q.payload_query, "payload", s.residual.payload_query);
+  return s;
+}
+
+// What the planner sees in a PostgreSQL batch: rows read (and locked) at the start of the
+// transaction, updated as each append of the batch is planned.
+class batch_lookup final : public append_lookup {
+ public:
+  std::unordered_map<std::string, stored_event> events;
+  std::unordered_map<std::string, aggregate_state> aggregates;  // version > 0 only
+  std::optional<stored_event> find_event(std::string_view id) override {
+    auto it = events.find(std::string(id));
+    if (it == events.end()) return std::nullopt;
+    return it->second;
+  }
+  std::optional<aggregate_state> find_aggregate(std::string_view id) override {
+    auto it = aggregates.find(std::string(id));
+    if (it == aggregates.end()) return std::nullopt;
+    return it->second;
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+struct postgres_store::impl {
+  std::string url;
+  store_options opts;
+  const clock& clk;
+  std::string strategy = "monthly";
+
+  // Reader pool.
+  std::mutex pool_mutex;
+  std::condition_variable pool_cv;
+  std::vector<std::unique_ptr<connection>> idle;  // GUARDED_BY(pool_mutex); nullptr = to reconnect
+  std::unique_ptr<connection> writer;             // group-commit thread only
+  std::unique_ptr<group_commit> committer;
+
+  // Debounced NOTIFY after commits, and the partition maintenance job.
+  std::mutex notify_mutex;
+  std::condition_variable notify_cv;
+  bool notify_pending = false;  // GUARDED_BY(notify_mutex)
+  bool stopping = false;        // GUARDED_BY(notify_mutex)
+  std::thread notifier;
+  std::thread maintenance;
+  std::set<std::int64_t> known_partitions;  // period starts (micros) known to exist; writer thread only
+
+  impl(std::string u, const store_options& o) : url(std::move(u)), opts(o), clk(o.time_source ? *o.time_source : default_clock()) {}
+
+  void warn(const std::string& msg) const {
+    if (opts.warn) opts.warn(msg);
+  }
+
+  result<std::unique_ptr<connection>> connect() {
+    auto c = connection::open(url);
+    if (!c) return std::move(c).error();
+    auto& db = **c;
+    std::string setup = "SET TimeZone = 'UTC'; SET synchronous_commit = on; SET statement_timeout = " +
+                        std::to_string(opts.query_timeout.count());
+    if (auto r = db.exec(setup); !r) return std::move(r).error();
+    return c;
+  }
+
+  // Connects, retrying with backoff until connect_timeout (start-up and recovery).
+  result<std::unique_ptr<connection>> connect_with_retry(std::chrono::milliseconds budget) {
+    auto deadline = std::chrono::steady_clock::now() + budget;
+    auto delay = std::chrono::milliseconds(50);
+    while (true) {
+      auto c = connect();
+      if (c || c.error().code != errc::unavailable || std::chrono::steady_clock::now() + delay > deadline) return c;
+      warn(c.error().message + "; retrying in " + std::to_string(delay.count()) + " ms");
+      std::this_thread::sleep_for(delay);
+      delay = std::min(delay * 2, std::chrono::milliseconds(2000));
+    }
+  }
+
+  class lease {
+   public:
+    lease(impl& owner, std::unique_ptr<connection> c) : owner_(owner), c_(std::move(c)) {}
+    ~lease() {
+      {
+        std::lock_guard lock(owner_.pool_mutex);
+        owner_.idle.push_back(c_ && !c_->broken() ? std::move(c_) : nullptr);
+      }
+      owner_.pool_cv.notify_one();
+    }
+    connection& operator*() { return *c_; }
+    connection* operator->() { return c_.get(); }
+
+   private:
+    impl& owner_;
+    std::unique_ptr<connection> c_;
+  };
+
+  // Runs fn(connection&) on a pooled connection; once more on a fresh connection when the
+  // first one turns out to be broken (server restart, terminated backend).
+  template <class F>
+  auto with_reader(F fn) -> decltype(fn(std::declval<connection&>())) {
+    for (int attempt = 0;; ++attempt) {
+      std::unique_ptr<connection> c;
+      {
+        std::unique_lock lock(pool_mutex);
+        pool_cv.wait(lock, [&] { return !idle.empty(); });
+        c = std::move(idle.back());
+        idle.pop_back();
+      }
+      if (!c) {
+        auto fresh = connect();
+        if (!fresh) {
+          lease giveback(*this, nullptr);
+          return std::move(fresh).error();
+        }
+        c = std::move(*fresh);
+      }
+      lease l(*this, std::move(c));
+      auto r = fn(*l);
+      if (!r && l->broken() && attempt == 0) continue;
+      return r;
+    }
+  }
+
+  // --- partitions ---
+  result<void> create_partition(connection& db, timestamp start) {
+    const auto end = period_next(start, strategy);
+    const auto name = partition_name(start);
+    if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
+    auto body = [&]() -> result<void> {
+      // One creator at a time per schema; other processes wait, then find it attached.
+      if (auto r = db.exec("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.pliers_partitions'))"); !r)
+        return std::move(r).error();
+      auto exists = db.exec("SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1) AND inhparent = to_regclass('events')",
+                            {name});
+      if (!exists) return std::move(exists).error();
+      if (exists->rows() > 0) return {};
+      if (auto r = db.exec("SET LOCAL lock_timeout = '5s'"); !r) return std::move(r).error();
+      if (auto r = db.exec("CREATE TABLE IF NOT EXISTS " + name + " (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"); !r)
+        return std::move(r).error();
+      if (auto r = db.exec("ALTER TABLE events ATTACH PARTITION " + name + " FOR VALUES FROM ('" + format_rfc3339(start) +
+                           "') TO ('" + format_rfc3339(end) + "')");
+          !r)
+        return std::move(r).error();
+      return {};
+    };
+    auto r = body();
+    if (!r) {
+      (void)db.exec("ROLLBACK");
+      return r;
+    }
+    return db.exec("COMMIT").has_value() ? result<void>() : result<void>(error::make(errc::unavailable, "commit partition"));
+  }
+
+  result<void> ensure(connection& db, timestamp around, int ahead) {
+    if (strategy == "none") return {};
+    auto start = period_start(around, strategy);
+    for (int i = 0; i <= ahead; ++i) {
+      if (auto r = create_partition(db, start); !r) return r;
+      start = period_next(start, strategy);
+    }
+    return {};
+  }
+
+  // --- appends ---
+  struct batch_outcome {
+    std::vector<result<append_result>> results;
+    std::string first_new_id;  // an id this batch writes: resolves an unknown commit outcome
+    bool commit_sent = false;  // past this point a broken connection leaves the outcome unknown
+  };
+
+  // One attempt at the whole batch in one transaction, filling `out`. On error the
+  // transaction is gone (rolled back, or the connection is broken).
+  result<void> try_commit(std::span<group_commit::pending> batch, connection& db, batch_outcome& out) {
+    if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
+    auto rollback = [&](error e) -> result<void> {
+      if (!db.broken()) (void)db.exec("ROLLBACK");
+      return e;
+    };
+    // 1. Reserve and lock the aggregates in a global order (no deadlocks across processes).
+    std::map<std::string, std::string> aggregate_types;  // sorted
+    std::vector<std::string> client_ids;
+    for (const auto& p : batch) {
+      aggregate_types.emplace(p.request.aggregate_id, p.request.events.front().aggregate_type);
+      for (const auto& e : p.request.events)
+        if (e.id) client_ids.push_back(*e.id);
+    }
+    std::vector<std::string> agg_ids, agg_types;
+    for (const auto& [id, type] : aggregate_types) agg_ids.push_back(id), agg_types.push_back(type);
+    const auto ids_param = text_array(agg_ids);
+    if (auto r = db.exec("INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
+                         "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING",
+                         {ids_param, text_array(agg_types)});
+        !r)
+      return rollback(r.error());
+    batch_lookup lookup;
+    auto locked = db.exec("SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
+                          "ORDER BY aggregate_id FOR UPDATE",
+                          {ids_param});
+    if (!locked) return rollback(locked.error());
+    for (int i = 0; i < locked->rows(); ++i)
+      if (locked->int64(i, 2) > 0)
+        lookup.aggregates.emplace(std::string(locked->text(i, 0)),
+                                  append_lookup::aggregate_state{std::string(locked->text(i, 1)), locked->int64(i, 2)});
+    // 2. Ids already stored (idempotent retries and duplicates).
+    if (!client_ids.empty()) {
+      auto found = db.exec("SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
+                           "FROM event_ids WHERE id = ANY($1::uuid[])",
+                           {text_array(client_ids)});
+      if (!found) return rollback(found.error());
+      for (int i = 0; i < found->rows(); ++i)
+        lookup.events.emplace(std::string(found->text(i, 0)),
+                              append_lookup::stored_event{std::string(found->text(i, 1)), sequence_number(found->int64(i, 2)),
+                                                          log_position(found->int64(i, 3)), from_micros(found->int64(i, 4))});
+    }
+    // 3. Plan every append on its own, with positions relative to the batch.
+    auto now = clk.now();
+    std::vector<std::optional<append_plan>> plans;
+    std::int64_t relative = 0;
+    for (const auto& p : batch) {
+      auto plan = plan_append(p.request, lookup, log_position(relative), now);
+      if (!plan) {
+        out.results.emplace_back(std::move(plan).error());
+        plans.emplace_back();
+        continue;
+      }
+      if (!plan->replay) {
+        for (const auto& e : plan->events)
+          lookup.events.emplace(e.id, append_lookup::stored_event{e.aggregate_id, e.sequence, e.position, e.time});
+        lookup.aggregates[p.request.aggregate_id] = {plan->aggregate_type, plan->result.version};
+        relative = plan->events.back().position.value;
+      }
+      out.results.emplace_back(append_result{});
+      plans.push_back(std::move(*plan));
+    }
+    // 4. Positions from the counter, after every check: losers spend none.
+    if (relative > 0) {
+      auto head = db.exec(
+          "UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, $2::timestamptz) "
+          "RETURNING position, (EXTRACT(EPOCH FROM last_timestamp) * 1000000)::bigint",
+          {std::to_string(relative), format_rfc3339(now)});
+      if (!head) return rollback(head.error());
+      const std::int64_t base = head->int64(0, 0) - relative;
+      const timestamp commit_time = from_micros(head->int64(0, 1));
+      std::string events_copy, ids_copy;
+      std::vector<std::string> upd_ids, upd_versions, upd_counts, upd_types, upd_times;
+      for (auto& plan : plans) {
+        if (!plan || plan->replay) continue;
+        for (auto& e : plan->events) e.position = log_position(e.position.value + base), e.time = commit_time;
+        for (auto& r : plan->result.events) r.position = log_position(r.position.value + base), r.time = commit_time;
+        for (const auto& e : plan->events) {
+          const auto ts = format_rfc3339(e.time);
+          events_copy += std::to_string(e.position.value);
+          events_copy += '\t';
+          events_copy += e.id;
+          events_copy += '\t';
+          pg::append_copy_field(events_copy, e.type);
+          events_copy += '\t';
+          events_copy += std::to_string(e.version);
+          events_copy += '\t';
+          events_copy += ts;
+          events_copy += '\t';
+          pg::append_copy_field(events_copy, e.aggregate_id);
+          events_copy += '\t';
+          pg::append_copy_field(events_copy, e.aggregate_type);
+          events_copy += '\t';
+          events_copy += std::to_string(e.sequence.value);
+          events_copy += '\t';
+          events_copy += e.causation_id ? *e.causation_id : "\\N";
+          events_copy += '\t';
+          events_copy += e.correlation_id ? *e.correlation_id : "\\N";
+          events_copy += '\t';
+          pg::append_copy_field(events_copy, json::serialize(e.metadata));
+          events_copy += '\t';
+          pg::append_copy_field(events_copy, json::serialize(e.payload));
+          events_copy += '\n';
+          ids_copy += e.id;
+          ids_copy += '\t';
+          pg::append_copy_field(ids_copy, e.aggregate_id);
+          ids_copy += '\t' + std::to_string(e.sequence.value) + '\t' + std::to_string(e.position.value) + '\t' + ts + '\n';
+          if (out.first_new_id.empty()) out.first_new_id = e.id;
+        }
+        const auto& last = plan->events.back();
+        upd_ids.push_back(last.aggregate_id);
+        upd_versions.push_back(std::to_string(last.sequence.value));
+        upd_counts.push_back(std::to_string(plan->events.size()));
+        upd_types.push_back(plan->aggregate_type);
+        upd_times.push_back(format_rfc3339(last.time));
+      }
+      if (auto r = db.copy_in("COPY events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
+                              "sequence_number, causation_id, correlation_id, metadata, payload) FROM STDIN",
+                              events_copy);
+          !r)
+        return rollback(r.error());
+      if (auto r = db.copy_in("COPY event_ids (id, aggregate_id, sequence_number, position, timestamp) FROM STDIN", ids_copy); !r)
+        return rollback(r.error());
+      // Several appends of one batch may touch one aggregate: the last (highest version) wins,
+      // counts add up.
+      if (auto r = db.exec(
+              "UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
+              "first_timestamp = COALESCE(a.first_timestamp, v.first_ts), last_timestamp = v.ts FROM ("
+              "SELECT id, max(version) AS version, sum(n) AS n, min(t) AS t, min(ts) AS first_ts, max(ts) AS ts FROM "
+              "unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[]) AS x(id, version, n, t, ts) "
+              "GROUP BY id) v WHERE a.aggregate_id = v.id",
+              {text_array(upd_ids), text_array(upd_versions), text_array(upd_counts), text_array(upd_types),
+               text_array(upd_times)});
+          !r)
+        return rollback(r.error());
+    }
+    for (std::size_t i = 0; i < plans.size(); ++i)
+      if (plans[i]) out.results[i] = std::move(plans[i]->result);
+    out.commit_sent = true;
+    if (auto r = db.exec("COMMIT"); !r) return r.error();
+    return {};
+  }
+
+  // Did a batch that wrote `id` commit? Asked after the connection broke mid-commit.
+  result<bool> committed(const std::string& id) {
+    auto c = connect_with_retry(opts.connect_timeout);
+    if (!c) return std::move(c).error();
+    writer = std::move(*c);
+    auto r = writer->exec("SELECT 1 FROM event_ids WHERE id = $1::uuid", {id});
+    if (!r) return std::move(r).error();
+    return r->rows() > 0;
+  }
+
+  std::vector<result<append_result>> commit(std::span<group_commit::pending> batch) {
+    error last = error::make(errc::unavailable, "postgres: not connected");
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      if (!writer || writer->broken()) {
+        auto c = connect_with_retry(opts.connect_timeout);
+        if (!c) {
+          last = c.error();
+          break;
+        }
+        writer = std::move(*c);
+      }
+      batch_outcome out;
+      auto r = try_commit(batch, *writer, out);
+      if (r) {
+        signal_commit();
+        return std::move(out.results);
+      }
+      last = r.error();
+      if (writer->last_sqlstate() == "23514") {  // no partition for these timestamps: create, retry
+        auto created = ensure(*writer, clk.now(), 1);
+        if (!created) last = created.error();
+        continue;
+      }
+      if (!writer->broken() && r.error().code != errc::unavailable) break;  // a real error: report it
+      if (out.commit_sent) {
+        // The connection broke during COMMIT: it may have committed. Ask before retrying,
+        // so that nothing is written twice and nothing acknowledged is lost.
+        if (out.first_new_id.empty()) return std::move(out.results);  // wrote nothing
+        auto done = committed(out.first_new_id);
+        if (!done) {
+          last = done.error();
+          break;
+        }
+        if (*done) {
+          signal_commit();
+          return std::move(out.results);
+        }
+      }
+      writer.reset();  // rolled back: plan and write the batch again on a new connection
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
+    }
+    std::vector<result<append_result>> out;
+    for (std::size_t i = 0; i < batch.size(); ++i) out.emplace_back(last);
+    return out;
+  }
+
+  void signal_commit() {
+    {
+      std::lock_guard lock(notify_mutex);
+      notify_pending = true;
+    }
+    notify_cv.notify_one();
+  }
+
+  // After commits, at most one payload-free NOTIFY per 5 ms, from its own connection and
+  // never inside an append transaction.
+  void run_notifier() {
+    std::unique_ptr<connection> db;
+    std::unique_lock lock(notify_mutex);
+    while (true) {
+      notify_cv.wait(lock, [&] { return stopping || notify_pending; });
+      if (stopping) return;
+      notify_pending = false;
+      lock.unlock();
+      if (!db || db->broken()) {
+        auto c = connect();
+        db = c ? std::move(*c) : nullptr;
+      }
+      if (db) (void)db->exec("NOTIFY pliers_events");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      lock.lock();
+    }
+  }
+
+  void run_maintenance() {
+    std::unique_lock lock(notify_mutex);
+    while (!stopping) {
+      if (notify_cv.wait_for(lock, std::chrono::minutes(10), [&] { return stopping; })) return;
+      lock.unlock();
+      auto r = with_reader([&](connection& db) { return ensure(db, clk.now(), 3); });
+      if (!r) warn("partition maintenance failed: " + r.error().message);
+      lock.lock();
+    }
+  }
+};
+
+postgres_store::postgres_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+postgres_store::~postgres_store() {
+  if (!impl_) return;
+  if (impl_->committer) impl_->committer->stop();
+  {
+    std::lock_guard lock(impl_->notify_mutex);
+    impl_->stopping = true;
+  }
+  impl_->notify_cv.notify_all();
+  if (impl_->notifier.joinable()) impl_->notifier.join();
+  if (impl_->maintenance.joinable()) impl_->maintenance.join();
+}
+
+namespace {
+
+result<void> run_migrations(connection& db, const store_options& o) {
+  if (o.partition_strategy != "monthly" && o.partition_strategy != "weekly" && o.partition_strategy != "daily" &&
+      o.partition_strategy != "none")
+    return error::invalid("store.partition_strategy", "must be monthly, weekly, daily or none");
+  if (o.json_index != "gin" && o.json_index != "gin_path_ops" && o.json_index != "none")
+    return error::invalid("store.json_index", "must be gin, gin_path_ops or none");
+  if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
+  auto body = [&]() -> result<void> {
+    // Serializes migrations across processes starting together.
+    if (auto r = db.exec("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.pliers_migrations'))"); !r)
+      return std::move(r).error();
+    if (auto r = db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                         "applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())");
+        !r)
+      return std::move(r).error();
+    auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+    if (!applied) return std::move(applied).error();
+    const auto version = applied->int64(0, 0);
+    constexpr std::int64_t known = 1;
+    if (version > known)
+      return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
+                                                " is newer than this server knows (" + std::to_string(known) + ")");
+    if (version < 1) {
+      if (auto r = db.exec(migration_1(o.partition_strategy, o.json_index)); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (1)"); !r) return std::move(r).error();
+    }
+    return {};
+  };
+  auto r = body();
+  if (!r) {
+    (void)db.exec("ROLLBACK");
+    return r;
+  }
+  if (auto c = db.exec("COMMIT"); !c) return std::move(c).error();
+  return {};
+}
+
+}  // namespace
+
+result<void> migrate_postgres(const std::string& url, const store_options& options) {
+  postgres_store::impl p(url, options);
+  auto c = p.connect_with_retry(options.connect_timeout);
+  if (!c) return std::move(c).error();
+  return run_migrations(**c, options);
+}
+
+result<std::unique_ptr<postgres_store>> postgres_store::open(const std::string& url, const store_options& options) {
+  auto p = std::make_unique<impl>(url, options);
+  auto w = p->connect_with_retry(options.connect_timeout);
+  if (!w) return std::move(w).error();
+  p->writer = std::move(*w);
+  if (options.run_migrations)
+    if (auto r = run_migrations(*p->writer, options); !r) return std::move(r).error();
+  auto settings = p->writer->exec("SELECT value FROM pliers_settings WHERE key = 'partition_strategy'");
+  if (!settings) return error::make(errc::unavailable, "the database has no pliers schema; run `pliers-events migrate`");
+  if (settings->rows() > 0) p->strategy = settings->text(0, 0);
+  if (auto r = p->ensure(*p->writer, p->clk.now(), 3); !r) return std::move(r).error();
+  for (std::size_t i = 0; i < std::max<std::size_t>(options.read_connections, 1); ++i) {
+    auto c = p->connect();
+    if (!c) return std::move(c).error();
+    p->idle.push_back(std::move(*c));
+  }
+  auto* raw = p.get();
+  p->committer = std::make_unique<group_commit>(
+      [raw](std::span<group_commit::pending> batch) { return raw->commit(batch); }, options.max_pending_appends);
+  p->notifier = std::thread([raw] { raw->run_notifier(); });
+  p->maintenance = std::thread([raw] { raw->run_maintenance(); });
+  return std::unique_ptr<postgres_store>(new postgres_store(std::move(p)));
+}
+
+void postgres_store::submit_append(append_request request, append_callback done) {
+  impl_->committer->enqueue(std::move(request), std::move(done));
+}
+
+log_position postgres_store::head() {
+  auto r = impl_->with_reader([](connection& db) -> result<std::int64_t> {
+    auto q = db.exec("SELECT position FROM log_head");
+    if (!q) return std::move(q).error();
+    return q->int64(0, 0);
+  });
+  return log_position(r ? *r : 0);
+}
+
+namespace {
+
+result<std::vector<event>> rows_to_events(const pg::query_result& r) {
+  std::vector<event> out;
+  out.reserve(static_cast<std::size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) {
+    auto e = row_to_event(r, i);
+    if (!e) return std::move(e).error();
+    out.push_back(std::move(*e));
+  }
+  return out;
+}
+
+}  // namespace
+
+result<std::vector<event>> postgres_store::read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                                          std::optional<std::int64_t> to_version, std::size_t limit) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<event>> {
+    auto r = db.exec(std::string("SELECT ") + event_columns +
+                         " FROM events WHERE aggregate_id = $1 AND sequence_number >= $2 AND sequence_number <= $3 "
+                         "ORDER BY sequence_number LIMIT $4",
+                     {std::string(aggregate_id), std::to_string(from_version), std::to_string(to_version.value_or(INT64_MAX)),
+                      std::to_string(limit)});
+    if (!r) return std::move(r).error();
+    return rows_to_events(*r);
+  });
+}
+
+result<std::vector<event>> postgres_store::read_all(log_position after, std::size_t limit) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<event>> {
+    auto r = db.exec(std::string("SELECT ") + event_columns + " FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+                     {std::to_string(after.value), std::to_string(limit)});
+    if (!r) return std::move(r).error();
+    return rows_to_events(*r);
+  });
+}
+
+result<query_result> postgres_store::query(const event_query& q, const pagination& page) {
+  auto s = build_query(q);
+  return impl_->with_reader([&](connection& db) -> result<query_result> {
+    if (auto r = db.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); !r) return std::move(r).error();
+    auto run = [&]() -> result<query_result> {
+      query_result out;
+      const auto n = s.values.size();
+      if (!s.has_residual) {
+        auto count = db.exec("SELECT count(*) FROM events" + s.where, s.values);
+        if (!count) return std::move(count).error();
+        out.total_count = count->int64(0, 0);
+        auto values = s.values;
+        values.emplace_back(std::to_string(page.after.value));
+        values.emplace_back(std::to_string(page.limit + 1));
+        auto rows = db.exec(std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
+                                std::to_string(n + 1) + " ORDER BY position LIMIT $" + std::to_string(n + 2),
+                            values);
+        if (!rows) return std::move(rows).error();
+        auto evs = rows_to_events(*rows);
+        if (!evs) return std::move(evs).error();
+        out.events = std::move(*evs);
+        if (out.events.size() > page.limit) {
+          out.events.pop_back();
+          out.has_more = true;
+        }
+      } else {
+        // Conditions SQL cannot evaluate exactly are checked here, over the candidates in
+        // position order, 1000 at a time (bounded memory); the count needs all of them.
+        std::int64_t last = 0;
+        while (true) {
+          auto values = s.values;
+          values.emplace_back(std::to_string(last));
+          auto rows = db.exec(std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
+                                  std::to_string(n + 1) + " ORDER BY position LIMIT 1000",
+                              values);
+          if (!rows) return std::move(rows).error();
+          auto evs = rows_to_events(*rows);
+          if (!evs) return std::move(evs).error();
+          for (auto& e : *evs) {
+            last = e.position.value;
+            if (!s.residual.matches(e)) continue;
+            ++out.total_count;
+            if (e.position <= page.after) continue;
+            if (out.events.size() < page.limit) out.events.push_back(std::move(e));
+            else out.has_more = true;
+          }
+          if (evs->size() < 1000) break;
+        }
+      }
+      if (out.has_more) out.cursor = encode_cursor(out.events.back().position);
+      return out;
+    };
+    auto r = run();
+    if (!db.broken()) (void)db.exec(r ? "COMMIT" : "ROLLBACK");
+    return r;
+  });
+}
+
+result<event> postgres_store::get_event(std::string_view id) {
+  return impl_->with_reader([&](connection& db) -> result<event> {
+    auto r = db.exec(std::string("SELECT ") + event_columns +
+                         " FROM events WHERE (position, timestamp) = (SELECT position, timestamp FROM event_ids WHERE id = $1::uuid)",
+                     {std::string(id)});
+    if (!r) return std::move(r).error();
+    if (r->rows() == 0) return error::make(errc::not_found, "no event with id " + std::string(id));
+    return row_to_event(*r, 0);
+  });
+}
+
+result<aggregate_metadata> postgres_store::get_aggregate_metadata(std::string_view aggregate_id) {
+  return impl_->with_reader([&](connection& db) -> result<aggregate_metadata> {
+    auto r = db.exec(
+        "SELECT aggregate_type, version, event_count, (EXTRACT(EPOCH FROM first_timestamp) * 1000000)::bigint, "
+        "(EXTRACT(EPOCH FROM last_timestamp) * 1000000)::bigint, s.sequence_number, "
+        "(EXTRACT(EPOCH FROM s.created_at) * 1000000)::bigint FROM aggregates a LEFT JOIN LATERAL ("
+        "SELECT sequence_number, created_at FROM event_snapshots WHERE aggregate_id = a.aggregate_id "
+        "ORDER BY sequence_number DESC LIMIT 1) s ON TRUE WHERE a.aggregate_id = $1 AND a.version > 0",
+        {std::string(aggregate_id)});
+    if (!r) return std::move(r).error();
+    if (r->rows() == 0) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+    aggregate_metadata m;
+    m.aggregate_id = aggregate_id;
+    m.aggregate_type = r->text(0, 0);
+    m.version = r->int64(0, 1);
+    m.event_count = r->int64(0, 2);
+    m.first_event_time = from_micros(r->int64(0, 3));
+    m.last_event_time = from_micros(r->int64(0, 4));
+    if (!r->is_null(0, 5)) {
+      m.snapshot_version = r->int64(0, 5);
+      m.snapshot_time = from_micros(r->int64(0, 6));
+    }
+    return m;
+  });
+}
+
+result<void> postgres_store::create_snapshot(std::string_view aggregate_id, std::int64_t sequence, json::object data) {
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    auto agg = db.exec("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = $1 AND version > 0",
+                       {std::string(aggregate_id)});
+    if (!agg) return std::move(agg).error();
+    if (agg->rows() == 0) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+    const auto version = agg->int64(0, 1);
+    if (sequence < 1 || sequence > version)
+      return error::invalid("sequenceNumber", "must be between 1 and the aggregate's version " + std::to_string(version));
+    auto r = db.exec(
+        "INSERT INTO event_snapshots (aggregate_id, sequence_number, aggregate_type, snapshot_data, created_at) "
+        "VALUES ($1, $2, $3, $4::jsonb, $5::timestamptz) ON CONFLICT (aggregate_id, sequence_number) DO UPDATE SET "
+        "snapshot_data = excluded.snapshot_data, created_at = excluded.created_at",
+        {std::string(aggregate_id), std::to_string(sequence), std::string(agg->text(0, 0)), json::serialize(data),
+         format_rfc3339(impl_->clk.now())});
+    if (!r) return std::move(r).error();
+    return {};
+  });
+}
+
+result<std::optional<snapshot>> postgres_store::get_latest_snapshot(std::string_view aggregate_id) {
+  return impl_->with_reader([&](connection& db) -> result<std::optional<snapshot>> {
+    auto r = db.exec(
+        "SELECT sequence_number, aggregate_type, snapshot_data, (EXTRACT(EPOCH FROM created_at) * 1000000)::bigint "
+        "FROM event_snapshots WHERE aggregate_id = $1 ORDER BY sequence_number DESC LIMIT 1",
+        {std::string(aggregate_id)});
+    if (!r) return std::move(r).error();
+    if (r->rows() == 0) return std::optional<snapshot>();
+    snapshot s;
+    s.aggregate_id = aggregate_id;
+    s.sequence_number = r->int64(0, 0);
+    s.aggregate_type = r->text(0, 1);
+    auto data = parse_object(r->text(0, 2));
+    if (!data) return std::move(data).error();
+    s.data = std::move(*data);
+    s.created_at = from_micros(r->int64(0, 3));
+    return std::optional<snapshot>(std::move(s));
+  });
+}
+
+result<std::vector<partition_info>> postgres_store::list_partitions() {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<partition_info>> {
+    auto r = db.exec(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass('events') ORDER BY c.relname");
+    if (!r) return std::move(r).error();
+    std::vector<partition_info> out;
+    for (int i = 0; i < r->rows(); ++i) {
+      partition_info p;
+      p.name = r->text(i, 0);
+      std::string bound(r->text(i, 1));  // FOR VALUES FROM ('...') TO ('...')
+      auto q1 = bound.find('\''), q2 = bound.find('\'', q1 + 1), q3 = bound.find('\'', q2 + 1),
+           q4 = bound.find('\'', q3 + 1);
+      if (q4 != std::string::npos) {
+        p.from = bound.substr(q1 + 1, q2 - q1 - 1);
+        p.to = bound.substr(q3 + 1, q4 - q3 - 1);
+      }
+      p.rows = std::max<std::int64_t>(r->int64(i, 2), 0);
+      out.push_back(std::move(p));
+    }
+    return out;
+  });
+}
+
+result<void> postgres_store::ensure_partitions(timestamp around, int ahead) {
+  return impl_->with_reader([&](connection& db) { return impl_->ensure(db, around, ahead); });
+}
+
+result<void> postgres_store::detach_partition(const std::string& name, bool drop) {
+  if (!name.starts_with("events_p") || name.size() != 16 ||
+      !std::all_of(name.begin() + 8, name.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return error::invalid("partition", "not a partition name (events_pYYYYMMDD): '" + name + "'");
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    auto r = db.exec("ALTER TABLE events DETACH PARTITION " + name);
+    if (!r) return std::move(r).error();
+    if (drop)
+      if (auto d = db.exec("DROP TABLE " + name); !d) return std::move(d).error();
+    return {};
+  });
+}
+
+}  // namespace pliers

@@ -1,0 +1,64 @@
+// The production store on PostgreSQL 15 (DESIGN "The log", docs/adr/0003). Tables:
+// `aggregates` (one row per aggregate: type and version, the row lock serializes appends to
+// it), `log_head` (the one-row position counter), `event_ids` (global id uniqueness and
+// idempotency), `events` (partitioned by timestamp: monthly | weekly | daily | none),
+// `event_snapshots`, `schema_migrations`, `pliers_settings`.
+//
+// Appends: one group-commit thread per process with its own connection; each batch is one
+// transaction: reserve and lock the aggregate rows (sorted), check versions and ids, take
+// positions from log_head, COPY the events, commit. Positions are therefore gap-free and
+// visible in commit order across any number of processes. After a commit a separate
+// connection sends a debounced, payload-free NOTIFY pliers_events.
+// Reads use a pool of connections; a broken connection is replaced on next use.
+// Thread-safety: all members may be called concurrently.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "store/event_store.hpp"
+
+namespace pliers {
+
+struct partition_info {
+  std::string name;
+  std::string from;  // RFC 3339, inclusive
+  std::string to;    // RFC 3339, exclusive
+  std::int64_t rows = 0;  // estimate from the planner statistics
+};
+
+class postgres_store final : public event_store {
+ public:
+  static result<std::unique_ptr<postgres_store>> open(const std::string& url, const store_options& options);
+  ~postgres_store() override;
+
+  result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
+                                            std::optional<std::int64_t> to_version, std::size_t limit) override;
+  result<query_result> query(const event_query& q, const pagination& page) override;
+  result<std::vector<event>> read_all(log_position after, std::size_t limit) override;
+  result<event> get_event(std::string_view id) override;
+  result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) override;
+  result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
+  result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
+  log_position head() override;
+
+  // Partition operations (also run by the maintenance job: current period + 3 ahead).
+  result<std::vector<partition_info>> list_partitions();
+  result<void> ensure_partitions(timestamp around, int ahead = 3);
+  // Detaches a partition from the log (its rows stay in a standalone table); with `drop`,
+  // the table is dropped too.
+  result<void> detach_partition(const std::string& name, bool drop);
+
+  struct impl;
+
+ private:
+  explicit postgres_store(std::unique_ptr<impl> p);
+  void submit_append(append_request request, append_callback done) override;
+  std::unique_ptr<impl> impl_;
+};
+
+// Runs the migrations only (the `migrate` command).
+result<void> migrate_postgres(const std::string& url, const store_options& options);
+
+}  // namespace pliers

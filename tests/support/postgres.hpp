@@ -1,0 +1,52 @@
+// Test support: the PostgreSQL the test run started (scripts/test-postgres), reached through
+// PLIERS_TEST_POSTGRES_URL. Without it, PostgreSQL tests skip — except under CI=true, where
+// a missing PostgreSQL is a failure.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "store/postgres/pg_db.hpp"
+
+namespace pliers::testing {
+
+inline std::optional<std::string> postgres_url() {
+  const char* url = std::getenv("PLIERS_TEST_POSTGRES_URL");
+  if (url && *url) return std::string(url);
+  return std::nullopt;
+}
+
+inline bool in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci && std::string(ci) == "true";
+}
+
+// A schema of its own for one test, dropped at the end; `url()` points the store at it.
+class postgres_schema {
+ public:
+  explicit postgres_schema(std::string base) : base_(std::move(base)) {
+    std::random_device rd;
+    name_ = "t_" + std::to_string(rd()) + std::to_string(rd() % 1000);
+    auto c = pg::connection::open(base_);
+    if (!c) throw std::runtime_error(c.error().message);
+    if (auto r = (*c)->exec("CREATE SCHEMA " + name_); !r) throw std::runtime_error(r.error().message);
+  }
+  ~postgres_schema() {
+    auto c = pg::connection::open(base_);
+    if (c) (void)(*c)->exec("DROP SCHEMA " + name_ + " CASCADE");
+  }
+  std::string url() const {
+    return base_ + (base_.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" + name_;
+  }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string base_;
+  std::string name_;
+};
+
+}  // namespace pliers::testing
