@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <boost/json/object.hpp>
@@ -21,6 +22,9 @@ struct config {
   std::filesystem::path work_dir;   // a fresh temp directory under --dir, removed at the end
   bool keep_files = false;
   bool run_http = true, run_api = true, run_raw = true;
+  bool run_pg = false;              // --only pg: the PostgreSQL section (pg_bench.cpp)
+  std::string pg_url;               // --pg-url: a database the benchmark may create schemas in
+  int pg_raw_connections = 16;      // raw PostgreSQL: connections of the concurrent 1-row INSERTs
   int event_bytes = 400;            // target size of one serialized (stored) event
   int clients = 64;                 // scenario c: concurrent writers
   int batch_size = 100;             // scenario b: events per append
@@ -56,7 +60,7 @@ struct event_shape {
 struct row {
   row(std::string layer_, std::string key_, std::string scenario_)
       : layer(std::move(layer_)), key(std::move(key_)), scenario(std::move(scenario_)) {}
-  std::string layer;     // "HTTP", "C++ API", "raw SQLite"
+  std::string layer;     // "HTTP", "C++ API", "raw SQLite"; PostgreSQL: "PG HTTP", "PG C++ API", "raw PG"
   std::string key;       // scenario key: write_1, write_batch, write_concurrent, load, read_aggregate, read_log
   std::string scenario;  // human label
   std::int64_t events = 0;
@@ -66,6 +70,11 @@ struct row {
   std::optional<double> server_cpu;  // CPU seconds of the server process (HTTP only)
   double bench_cpu = 0;              // CPU seconds of this process during the scenario
   std::vector<double> runs_eps;      // events/s of every run (set when runs are combined)
+  // PostgreSQL rows only.
+  std::optional<double> pg_cpu;           // CPU seconds of all local postgres processes
+  std::optional<std::int64_t> pg_xids;    // transaction ids assigned (= write transactions)
+  std::optional<double> pg_wal_bytes;     // WAL written (pg_current_wal_lsn difference)
+  std::vector<std::pair<std::string, double>> steps_ms;  // mean ms per request of each statement
   double events_per_second() const { return seconds > 0 ? static_cast<double>(events) / seconds : 0; }
 };
 
@@ -95,7 +104,22 @@ void progress(const std::string& line);  // to stderr
 
 // --- the three layers ---------------------------------------------------------------------
 void run_http(const config& cfg, const event_shape& shape, std::vector<row>& out);
+// HTTP scenarios a/b (one client) and c (cfg.clients clients) against a server on
+// `store_url` ("" = a fresh SQLite file in the scenario directory), as rows of `layer`.
+row http_sequential_writes(const config& cfg, const event_shape& shape, const std::string& layer,
+                           const std::string& store_url, const char* key, const std::string& label, int appends,
+                           int per_append);
+row http_concurrent_writes(const config& cfg, const event_shape& shape, const std::string& layer,
+                           const std::string& store_url);
 void run_api(const config& cfg, const event_shape& shape, std::vector<row>& out);
 void run_raw_sqlite(const config& cfg, const event_shape& shape, std::vector<row>& out);
+
+// --- PostgreSQL (pg_bench.cpp) --------------------------------------------------------------
+// Checks once that the raw tables have the store's schema and indexes (throws if not).
+void check_pg_schema(const config& cfg);
+// One run of the PostgreSQL section: raw libpq, C++ API, HTTP, JSON index kinds, statements.
+void run_pg(const config& cfg, const event_shape& shape, std::vector<row>& out);
+// The PostgreSQL section of the results (empty when no PostgreSQL rows).
+std::string pg_results_markdown(const config& cfg, const std::vector<row>& rows);
 
 }  // namespace pliers::bench

@@ -10,6 +10,8 @@ namespace pliers::cli {
 using command = std::function<int()>;
 
 command add_serve(CLI::App& app);
+// migrate, partitions: operations on a store without a server.
+void add_store_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 
 }  // namespace pliers::cli

@@ -81,9 +81,8 @@ command add_serve(CLI::App& app) {
     log::init(cfg.log_level);
 
     if (auto r = prepare_store_dir(cfg.store); !r) return fail(r.error());
-    store_options opts;
-    opts.max_pending_appends = cfg.max_pending_appends;
-    opts.read_connections = cfg.read_connections;
+    store_options opts = cfg.to_store_options();
+    opts.warn = [](const std::string& msg) { log::warn(msg); };
     auto opened = open_store(cfg.store, opts);
     if (!opened) return fail(opened.error());
     auto store_ptr = std::move(*opened);

@@ -19,7 +19,12 @@ const std::vector<config_key>& config_keys() {
       {"server.request_timeout_seconds", "PLIERS_REQUEST_TIMEOUT_SECONDS", "time to receive one request"},
       {"server.shutdown_grace_seconds", "PLIERS_SHUTDOWN_GRACE_SECONDS", "time in-flight requests get on SIGTERM"},
       {"store.max_pending_appends", "PLIERS_MAX_PENDING_APPENDS", "appends queued for group commit (503 beyond)"},
-      {"store.read_connections", "PLIERS_READ_CONNECTIONS", "sqlite reader connections"},
+      {"store.read_connections", "PLIERS_READ_CONNECTIONS", "reader connections (sqlite) / pool size (postgres)"},
+      {"store.partition_strategy", "PLIERS_PARTITION_STRATEGY", "postgres: monthly, weekly, daily or none (at creation)"},
+      {"store.json_index", "PLIERS_JSON_INDEX", "postgres: gin, gin_path_ops or none (at creation)"},
+      {"store.query_timeout_ms", "PLIERS_QUERY_TIMEOUT_MS", "postgres statement timeout"},
+      {"store.connect_timeout_ms", "PLIERS_CONNECT_TIMEOUT_MS", "how long to retry connecting at start-up"},
+      {"store.run_migrations", "PLIERS_RUN_MIGRATIONS", "apply schema migrations at start-up (true/false)"},
       {"log.level", "PLIERS_LOG_LEVEL", "trace, debug, info, warn, error"},
   };
   return keys;
@@ -73,6 +78,21 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
     return parse_number<std::size_t>(key, v, max_pending_appends, 1, 10000000);
   } else if (key == "store.read_connections") {
     return parse_number<std::size_t>(key, v, read_connections, 1, 256);
+  } else if (key == "store.partition_strategy") {
+    if (v != "monthly" && v != "weekly" && v != "daily" && v != "none")
+      return error::invalid(std::string(key), "must be monthly, weekly, daily or none");
+    partition_strategy = v;
+  } else if (key == "store.json_index") {
+    if (v != "gin" && v != "gin_path_ops" && v != "none")
+      return error::invalid(std::string(key), "must be gin, gin_path_ops or none");
+    json_index = v;
+  } else if (key == "store.query_timeout_ms" || key == "store.connect_timeout_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 1, 3600000); !r) return r;
+    (key == "store.query_timeout_ms" ? query_timeout : connect_timeout) = std::chrono::milliseconds(ms);
+  } else if (key == "store.run_migrations") {
+    if (v != "true" && v != "false") return error::invalid(std::string(key), "must be true or false");
+    run_migrations = v == "true";
   } else if (key == "log.level") {
     if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error" && v != "off")
       return error::invalid("log.level", "must be trace, debug, info, warn, error or off");
@@ -81,6 +101,18 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
     return error::invalid(std::string(key), "unknown setting");
   }
   return {};
+}
+
+store_options server_config::to_store_options() const {
+  store_options o;
+  o.max_pending_appends = max_pending_appends;
+  o.read_connections = read_connections;
+  o.partition_strategy = partition_strategy;
+  o.json_index = json_index;
+  o.query_timeout = query_timeout;
+  o.connect_timeout = connect_timeout;
+  o.run_migrations = run_migrations;
+  return o;
 }
 
 result<void> apply_toml_file(server_config& config, const std::string& path) {
@@ -102,10 +134,11 @@ result<void> apply_toml_file(server_config& config, const std::string& path) {
       if (!status) return;
       const std::string key = std::string(section.str()) + "." + std::string(name.str());
       std::string text;
-      if (auto s = value.value<std::string>()) text = *s;
-      else if (auto i = value.value<std::int64_t>()) text = std::to_string(*i);
+      if (value.is_boolean()) text = value.as_boolean()->get() ? "true" : "false";
+      else if (auto s = value.value<std::string>()) text = *s;
+      else if (value.is_integer()) text = std::to_string(value.as_integer()->get());
       else {
-        status = error::invalid(key, "must be a string or an integer");
+        status = error::invalid(key, "must be a string, an integer or a boolean");
         return;
       }
       status = config.set(key, text);

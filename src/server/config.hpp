@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/result.hpp"
+#include "store/event_store.hpp"
 
 namespace pliers {
 
@@ -22,6 +23,11 @@ struct server_config {
   unsigned worker_threads = 4;
   std::size_t max_pending_appends = 20000;
   std::size_t read_connections = 4;
+  std::string partition_strategy = "monthly";  // postgres: monthly | weekly | daily | none
+  std::string json_index = "gin_path_ops";     // postgres: gin | gin_path_ops | none
+  std::chrono::milliseconds query_timeout{30000};
+  std::chrono::milliseconds connect_timeout{30000};
+  bool run_migrations = true;
   std::chrono::seconds idle_timeout{60};
   std::chrono::seconds request_timeout{30};
   std::chrono::seconds shutdown_grace{10};
@@ -30,6 +36,8 @@ struct server_config {
 
   // Applies one setting by its TOML key ("server.listen"); used by all three sources.
   result<void> set(std::string_view key, std::string_view value);
+  // The store options these settings describe.
+  store_options to_store_options() const;
 };
 
 // The TOML keys and environment variables, for --help and docs.

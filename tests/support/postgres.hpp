@@ -39,8 +39,11 @@ class postgres_schema {
     auto c = pg::connection::open(base_);
     if (c) (void)(*c)->exec("DROP SCHEMA " + name_ + " CASCADE");
   }
+  // The store URL for this schema; its connections carry the schema name as
+  // application_name, so a test can find (and terminate) exactly them.
   std::string url() const {
-    return base_ + (base_.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" + name_;
+    return base_ + (base_.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" + name_ +
+           "&application_name=" + name_;
   }
   const std::string& name() const { return name_; }
 

@@ -20,6 +20,7 @@ result<std::unique_ptr<connection>> connection::open(const std::string& conninfo
     PQfinish(c);
     return error::make(errc::unavailable, "cannot connect to PostgreSQL: " + why);
   }
+  PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors; keep stderr clean
   return std::unique_ptr<connection>(new connection(c));
 }
 

@@ -414,6 +414,7 @@ struct postgres_store::impl {
     std::vector<result<append_result>> results;
     std::string first_new_id;  // an id this batch writes: resolves an unknown commit outcome
     bool commit_sent = false;  // past this point a broken connection leaves the outcome unknown
+    std::string sqlstate;      // of the statement that failed
   };
 
   // One attempt at the whole batch in one transaction, filling `out`. On error the
@@ -421,6 +422,7 @@ struct postgres_store::impl {
   result<void> try_commit(std::span<group_commit::pending> batch, connection& db, batch_outcome& out) {
     if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
     auto rollback = [&](error e) -> result<void> {
+      out.sqlstate = db.last_sqlstate();
       if (!db.broken()) (void)db.exec("ROLLBACK");
       return e;
     };
@@ -589,7 +591,7 @@ struct postgres_store::impl {
         return std::move(out.results);
       }
       last = r.error();
-      if (writer->last_sqlstate() == "23514") {  // no partition for these timestamps: create, retry
+      if (out.sqlstate == "23514") {  // no partition for these timestamps: create, retry
         auto created = ensure(*writer, clk.now(), 1);
         if (!created) last = created.error();
         continue;
