@@ -1,5 +1,6 @@
-// HTTP layer: the real pliers-events binary, spawned per scenario on a fresh SQLite file,
-// driven by keep-alive pliers::http_client connections (one client per thread).
+// HTTP layer: the real pliers-events binary, spawned per scenario on a fresh SQLite file
+// (or, for the PostgreSQL section, on a fresh schema: see pg_bench.cpp), driven by
+// keep-alive pliers::http_client connections (one client per thread).
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -26,12 +27,12 @@ namespace json = boost::json;
 
 namespace {
 
-// One pliers-events process: `serve --store sqlite:DIR/events.db --listen 127.0.0.1:0
-// --ready-file DIR/ready`; stdout and stderr go to DIR/server.log.
+// One pliers-events process: `serve --store STORE --listen 127.0.0.1:0 --ready-file
+// DIR/ready`, STORE = sqlite:DIR/events.db unless given; stdout and stderr go to DIR/server.log.
 class server_process {
  public:
-  server_process(const fs::path& binary, const fs::path& dir) : dir_(dir) {
-    const std::string store = "sqlite:" + (dir / "events.db").string();
+  server_process(const fs::path& binary, const fs::path& dir, const std::string& store_url = {}) : dir_(dir) {
+    const std::string store = store_url.empty() ? "sqlite:" + (dir / "events.db").string() : store_url;
     const std::string ready = (dir / "ready").string();
     const std::string log = (dir / "server.log").string();
     std::vector<std::string> args = {binary.string(), "serve",        "--store",      store,
@@ -143,13 +144,16 @@ std::vector<double> post_appends(http_client& client, const std::string& target,
   return lat;
 }
 
+}  // namespace
+
 // Scenarios a and b: one client, `appends` appends of `per_append` events to one aggregate.
-row sequential_writes(const config& cfg, const event_shape& shape, const char* key, const std::string& label,
-                      int appends, int per_append) {
+row http_sequential_writes(const config& cfg, const event_shape& shape, const std::string& layer,
+                           const std::string& store_url, const char* key, const std::string& label, int appends,
+                           int per_append) {
   auto dir = scenario_dir(cfg, std::string("http-") + key);
-  row r{"HTTP", key, label};
+  row r{layer, key, label};
   {
-    server_process server(cfg.server, dir);
+    server_process server(cfg.server, dir, store_url);
     auto client = connect(server.url());
     const std::string body = shape.append_body(per_append);
     const std::string target = "/v1/aggregates/bench-order-1/events";
@@ -171,12 +175,13 @@ row sequential_writes(const config& cfg, const event_shape& shape, const char* k
 }
 
 // Scenario c: `clients` threads, each its own keep-alive connection and its own aggregate.
-row concurrent_writes(const config& cfg, const event_shape& shape) {
+row http_concurrent_writes(const config& cfg, const event_shape& shape, const std::string& layer,
+                           const std::string& store_url) {
   auto dir = scenario_dir(cfg, "http-concurrent");
-  row r{"HTTP", "write_concurrent",
+  row r{layer, "write_concurrent",
         "c. " + std::to_string(cfg.clients) + " clients x 1 event per append, 1 aggregate each"};
   {
-    server_process server(cfg.server, dir);
+    server_process server(cfg.server, dir, store_url);
     const std::string body = shape.append_body(1);
     const auto n = static_cast<std::size_t>(cfg.clients);
     std::vector<std::unique_ptr<http_client>> clients;
@@ -221,6 +226,8 @@ row concurrent_writes(const config& cfg, const event_shape& shape) {
   remove_scenario_dir(cfg, dir);
   return r;
 }
+
+namespace {
 
 std::size_t count_events(const std::string& body, const char* what) {
   boost::system::error_code ec;
@@ -335,11 +342,12 @@ void run_http(const config& cfg, const event_shape& shape, std::vector<row>& out
     progress(r.layer + " " + r.key + ": " + std::to_string(static_cast<long long>(r.events_per_second())) + " events/s");
     out.push_back(std::move(r));
   };
-  report(sequential_writes(cfg, shape, "write_1", "a. 1 client x 1 event per append", cfg.single_appends, 1));
-  report(sequential_writes(cfg, shape, "write_batch",
-                           "b. 1 client x " + std::to_string(cfg.batch_size) + " events per append",
-                           cfg.batch_appends, cfg.batch_size));
-  report(concurrent_writes(cfg, shape));
+  report(http_sequential_writes(cfg, shape, "HTTP", "", "write_1", "a. 1 client x 1 event per append",
+                                cfg.single_appends, 1));
+  report(http_sequential_writes(cfg, shape, "HTTP", "", "write_batch",
+                                "b. 1 client x " + std::to_string(cfg.batch_size) + " events per append",
+                                cfg.batch_appends, cfg.batch_size));
+  report(http_concurrent_writes(cfg, shape, "HTTP", ""));
   reads(cfg, shape, out);
 }
 
