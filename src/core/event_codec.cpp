@@ -215,8 +215,8 @@ result<event> event_from_json(const json::value& v) {
   return e;
 }
 
-result<new_event> new_event_from_json(const json::value& v, const std::string& field) {
-  const auto* o = v.if_object();
+result<new_event> new_event_from_json(json::value& v, const std::string& field) {
+  auto* o = v.if_object();
   if (!o) return error::invalid(field, "must be an object");
   for (const auto& kv : *o) {
     std::string_view k = kv.key();
@@ -247,19 +247,19 @@ result<new_event> new_event_from_json(const json::value& v, const std::string& f
       return error::invalid(field + ".version", "must be an integer >= 1");
     e.version = static_cast<std::int32_t>(*n);
   }
-  const auto* md = o->if_contains("metadata");
+  auto* md = o->if_contains("metadata");
   if (!md) return error::invalid(field + ".metadata", "required");
   if (!md->is_object()) return error::invalid(field + ".metadata", "must be an object");
-  e.metadata = md->get_object();
-  const auto* pl = o->if_contains("payload");
+  auto* pl = o->if_contains("payload");
   if (!pl) return error::invalid(field + ".payload", "required");
   if (!pl->is_object()) return error::invalid(field + ".payload", "must be an object");
-  e.payload = pl->get_object();
+  e.metadata = std::move(md->get_object());
+  e.payload = std::move(pl->get_object());
   return e;
 }
 
-result<append_request> append_request_from_json(const json::value& body, std::string aggregate_id) {
-  const auto* o = body.if_object();
+result<append_request> append_request_from_json(json::value&& body, std::string aggregate_id) {
+  auto* o = body.if_object();
   if (!o) return error::invalid("body", "must be a JSON object {\"expectedVersion\", \"events\"}");
   for (const auto& kv : *o)
     if (kv.key() != "expectedVersion" && kv.key() != "events")
@@ -271,10 +271,10 @@ result<append_request> append_request_from_json(const json::value& body, std::st
     if (!n || *n < 0) return error::invalid("expectedVersion", "must be null or an integer >= 0");
     req.expected_version = *n;
   }
-  const auto* events = o->if_contains("events");
+  auto* events = o->if_contains("events");
   if (!events) return error::invalid("events", "required");
   if (!events->is_array()) return error::invalid("events", "must be an array");
-  const auto& arr = events->get_array();
+  auto& arr = events->get_array();
   req.events.reserve(arr.size());
   for (std::size_t i = 0; i < arr.size(); ++i) {
     const std::string field = "events[" + std::to_string(i) + "]";

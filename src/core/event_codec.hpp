@@ -28,9 +28,10 @@ boost::json::object event_to_json(const event& e);
 result<event> event_from_json(const boost::json::value& v);
 
 // Requests.
-result<new_event> new_event_from_json(const boost::json::value& v, const std::string& field);
+// Moves metadata and payload out of `v` (no copy of the event's JSON).
+result<new_event> new_event_from_json(boost::json::value& v, const std::string& field);
 // Body of POST /v1/aggregates/{id}/events: {"expectedVersion": int|null, "events": [...]}.
-result<append_request> append_request_from_json(const boost::json::value& body, std::string aggregate_id);
+result<append_request> append_request_from_json(boost::json::value&& body, std::string aggregate_id);
 // Spec EventQuery.
 result<event_query> event_query_from_json(const boost::json::value& v, const std::string& field);
 // Spec PaginationOptions {limit, cursor}.

@@ -35,7 +35,7 @@ result<void> only_params(const request_context& ctx, std::initializer_list<std::
 asio::awaitable<reply> append(request_context& ctx, const std::string& aggregate_id) {
   auto body = parse_body(ctx);
   if (!body) co_return problem_reply(body.error());
-  auto req = append_request_from_json(*body, aggregate_id);
+  auto req = append_request_from_json(std::move(*body), aggregate_id);
   if (!req) co_return problem_reply(req.error());
   for (const auto& e : req->events)
     if (auto ok = ctx.state.access.authorize(ctx.who, access_action::append, {aggregate_id, e.type}); !ok)

@@ -40,6 +40,17 @@ class statement {
     sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
+  // Binds without copying: `v` must stay alive until the statement is reset.
+  statement& bind_static(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    return *this;
+  }
+  statement& bind_static(int i, const std::string& v) { return bind_static(i, std::string_view(v)); }
+  statement& bind_static(int i, const std::optional<std::string>& v) {
+    if (v) return bind_static(i, std::string_view(*v));
+    sqlite3_bind_null(s_, i);
+    return *this;
+  }
   statement& bind(int i, const std::optional<std::string>& v) {
     if (v) return bind(i, std::string_view(*v));
     sqlite3_bind_null(s_, i);

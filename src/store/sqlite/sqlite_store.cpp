@@ -287,10 +287,11 @@ struct sqlite_store::impl final : private append_lookup {
     for (const auto& e : plan.events) {
       md = json::serialize(e.metadata);
       pl = json::serialize(e.payload);
-      ins->bind(1, e.position.value).bind(2, std::string_view(e.id)).bind(3, std::string_view(e.type));
-      ins->bind(4, std::int64_t{e.version}).bind(5, to_micros(e.time)).bind(6, std::string_view(e.aggregate_id));
-      ins->bind(7, std::string_view(e.aggregate_type)).bind(8, e.sequence.value).bind(9, e.causation_id);
-      ins->bind(10, e.correlation_id).bind(11, std::string_view(md)).bind(12, std::string_view(pl));
+      // The event and md/pl outlive the step: bind without copies.
+      ins->bind(1, e.position.value).bind_static(2, e.id).bind_static(3, e.type);
+      ins->bind(4, std::int64_t{e.version}).bind(5, to_micros(e.time)).bind_static(6, e.aggregate_id);
+      ins->bind_static(7, e.aggregate_type).bind(8, e.sequence.value).bind_static(9, e.causation_id);
+      ins->bind_static(10, e.correlation_id).bind_static(11, md).bind_static(12, pl);
       if (ins->step() != SQLITE_DONE) return writer->last_error("insert event");
       ins->reset();
     }
