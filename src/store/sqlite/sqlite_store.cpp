@@ -135,7 +135,8 @@ result<std::unique_ptr<connection>> open_connection(const std::string& path, boo
   auto c = connection::open(path, writer, false);
   if (!c) return std::move(c).error();
   auto& db = **c;
-  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-16384",
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
+                             "PRAGMA wal_autocheckpoint=8192",
                              "PRAGMA temp_store=MEMORY"})
     if (auto r = db.exec(pragma); !r) return std::move(r).error();
   if (auto r = db.exec(unsafe_no_fsync ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=FULL"); !r)
