@@ -714,6 +714,10 @@ result<void> run_migrations(connection& db, const store_options& o) {
 
 }  // namespace
 
+std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index) {
+  return migration_1(partition_strategy, json_index);
+}
+
 result<void> migrate_postgres(const std::string& url, const store_options& options) {
   postgres_store::impl p(url, options);
   auto c = p.connect_with_retry(options.connect_timeout);

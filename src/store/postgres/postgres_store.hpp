@@ -58,6 +58,10 @@ class postgres_store final : public event_store {
   std::unique_ptr<impl> impl_;
 };
 
+// The DDL of the current schema for a partition strategy and JSON index kind (for tools
+// that measure the same tables, e.g. bench/). Partitions are not included.
+std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index);
+
 // Runs the migrations only (the `migrate` command).
 result<void> migrate_postgres(const std::string& url, const store_options& options);
 

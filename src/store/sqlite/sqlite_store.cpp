@@ -105,6 +105,20 @@ result<event> row_to_event(const statement& st) {
   return e;
 }
 
+// Steps a statement selecting event_columns to the end.
+result<std::vector<event>> collect_events(connection& db, statement& st, std::size_t expected, const char* what) {
+  std::vector<event> out;
+  out.reserve(std::min<std::size_t>(expected, 4096));
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    auto e = row_to_event(st);
+    if (!e) return std::move(e).error();
+    out.push_back(std::move(*e));
+  }
+  if (rc != SQLITE_DONE) return db.last_error(what);
+  return out;
+}
+
 // SQL function pliers_match(column, query_pointer, which): evaluates the parts of an
 // event_query that SQL cannot (type patterns, JSON queries) with the same code the memory
 // store uses, so every backend agrees. which: 0 = type patterns, 1 = metadata, 2 = payload.
@@ -359,6 +373,8 @@ struct sqlite_store::impl final : private append_lookup {
 
 sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 
+const char* sqlite_store::schema_sql() { return migrations[0]; }
+
 sqlite_store::~sqlite_store() {
   if (impl_ && impl_->committer) impl_->committer->stop();
 }
@@ -431,15 +447,7 @@ result<std::vector<event>> sqlite_store::read_aggregate(std::string_view aggrega
   if (!st) return std::move(st).error();
   st->bind(1, aggregate_id).bind(2, from_version).bind(3, to_version.value_or(INT64_MAX));
   st->bind(4, static_cast<std::int64_t>(limit));
-  std::vector<event> out;
-  int rc;
-  while ((rc = st->step()) == SQLITE_ROW) {
-    auto e = row_to_event(*st);
-    if (!e) return std::move(e).error();
-    out.push_back(std::move(*e));
-  }
-  if (rc != SQLITE_DONE) return db->last_error("read aggregate");
-  return out;
+  return collect_events(*db, *st, limit, "read aggregate");
 }
 
 result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_t limit) {
@@ -447,16 +455,7 @@ result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_
   auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events WHERE position > ? ORDER BY position LIMIT ?");
   if (!st) return std::move(st).error();
   st->bind(1, after.value).bind(2, static_cast<std::int64_t>(limit));
-  std::vector<event> out;
-  out.reserve(std::min<std::size_t>(limit, 4096));
-  int rc;
-  while ((rc = st->step()) == SQLITE_ROW) {
-    auto e = row_to_event(*st);
-    if (!e) return std::move(e).error();
-    out.push_back(std::move(*e));
-  }
-  if (rc != SQLITE_DONE) return db->last_error("read log");
-  return out;
+  return collect_events(*db, *st, limit, "read log");
 }
 
 result<query_result> sqlite_store::query(const event_query& q, const pagination& page) {

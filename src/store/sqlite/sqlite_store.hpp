@@ -15,6 +15,8 @@ namespace pliers {
 class sqlite_store final : public event_store {
  public:
   static result<std::unique_ptr<sqlite_store>> open(const std::string& path, const store_options& options);
+  // The DDL of the current schema (for tools that measure the same tables, e.g. bench/).
+  static const char* schema_sql();
   ~sqlite_store() override;
 
   result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
