@@ -8,6 +8,7 @@
 #include <boost/json.hpp>
 #include <boost/url.hpp>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "core/event_codec.hpp"
 #include "security/access.hpp"
 #include "server/config.hpp"
+#include "bus/log_tailer.hpp"
+#include "server/stream_registry.hpp"
 #include "store/event_store.hpp"
 
 namespace pliers::http_api {
@@ -38,6 +41,9 @@ struct server_state {
   event_store& store;
   const access_policy& access;
   asio::thread_pool& workers;
+  log_tailer& tailer;
+  stream_registry& streams;
+  const std::atomic<bool>& stopping;  // shutdown has begun: streams end
 };
 
 struct request_context {
@@ -46,7 +52,14 @@ struct request_context {
   boost::urls::url_view url;
   std::vector<std::string> segments;  // decoded path segments
   principal who;
+  std::string client_id;  // remote address:port
 };
+
+// Query parameters shared by GET /v1/events and the streams (type, aggregateType,
+// aggregateId, routingKey, from, to) as the JSON of an EventQuery/EventFilter; other
+// parameters must be in `extra` (their values are returned there) or are refused.
+result<boost::json::object> filter_params(const request_context& ctx,
+                                          std::map<std::string, std::string>& extra);
 
 // Runs f() on the worker pool and resumes the coroutine on its own executor.
 template <class F>
@@ -85,5 +98,9 @@ result<boost::json::value> parse_body(const request_context& ctx);
 asio::awaitable<reply> handle_health(request_context& ctx);
 asio::awaitable<reply> handle_aggregates(request_context& ctx);
 asio::awaitable<reply> handle_events(request_context& ctx);
+asio::awaitable<reply> handle_event_stream(request_context& ctx);  // SSE
+asio::awaitable<reply> handle_streams(request_context& ctx);       // GET/DELETE /v1/streams
+// Takes over an upgraded connection for GET /v1/stream.
+asio::awaitable<void> run_websocket(server_state& state, beast::tcp_stream stream, request req, std::string client_id);
 
 }  // namespace pliers::http_api

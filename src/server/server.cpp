@@ -1,5 +1,7 @@
 #include "server/server.hpp"
 
+#include <boost/beast/websocket.hpp>
+
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -85,6 +87,8 @@ struct http_server::impl {
   asio::thread_pool workers;
   tcp::acceptor acceptor{ioc};
   std::optional<asio::signal_set> signals;
+  log_tailer tailer;
+  stream_registry streams;
   server_state state;
   std::atomic<bool> stopping{false};
   std::atomic<std::size_t> connections{0};
@@ -102,7 +106,8 @@ struct http_server::impl {
 
   impl(server_config c, event_store& s)
       : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
-        state{cfg, store, default_access_policy(), workers} {}
+        tailer(store, log_tailer::options{}),
+        state{cfg, store, default_access_policy(), workers, tailer, streams, stopping} {}
 
   asio::awaitable<void> accept_loop() {
     while (!stopping) {
@@ -132,13 +137,16 @@ struct http_server::impl {
     if (s.size() == 1 && s[0] == "health") co_return co_await handle_health(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "aggregates") co_return co_await handle_aggregates(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "events") co_return co_await handle_events(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "streams") co_return co_await handle_streams(ctx);
+    if (s.size() == 2 && s[0] == "v1" && s[1] == "stream")
+      co_return problem_reply(error::invalid("Upgrade", "GET /v1/stream is a WebSocket endpoint: send an Upgrade request"));
     co_return problem_reply(error::make(errc::not_found, "no resource at " + std::string(ctx.url.path())));
   }
 
-  asio::awaitable<reply> handle(const request& req) {
+  asio::awaitable<reply> handle(const request& req, const std::string& client_id) {
     auto parsed = boost::urls::parse_origin_form(req.target());
     if (!parsed) co_return problem_reply(error::invalid("target", "malformed request target"));
-    request_context ctx{state, req, *parsed, {}, {}};
+    request_context ctx{state, req, *parsed, {}, {}, client_id};
     for (auto seg : parsed->segments()) ctx.segments.push_back(std::string(seg));
     if (!ctx.segments.empty() && ctx.segments.back().empty()) ctx.segments.pop_back();  // trailing '/'
     try {
@@ -233,8 +241,15 @@ struct http_server::impl {
         co_return;
       }
       auto req = parser.release();
+      boost::system::error_code rec;
+      auto remote = stream.socket().remote_endpoint(rec);
+      std::string client_id = rec ? "unknown" : remote.address().to_string() + ":" + std::to_string(remote.port());
+      if (beast::websocket::is_upgrade(req) && req.target() == "/v1/stream") {
+        co_await run_websocket(state, std::move(stream), std::move(req), std::move(client_id));
+        co_return;
+      }
       const bool keep_alive = req.keep_alive() && !stopping;
-      auto r = co_await handle(req);
+      auto r = co_await handle(req, client_id);
       if (!co_await write_reply(stream, r, keep_alive)) co_return;
     }
   }
@@ -257,6 +272,7 @@ struct http_server::impl {
   void begin_shutdown() {
     if (stopping.exchange(true)) return;
     log::info("shutting down", {{"grace_seconds", cfg.shutdown_grace.count()}});
+    streams.close_connections();  // WebSocket clients get a going-away close
     asio::post(ioc, [this] {
       boost::system::error_code ignored;
       acceptor.close(ignored);

@@ -24,6 +24,20 @@ result<append_result> event_store::append(append_request request) {
   return future.get();
 }
 
+void event_store::set_commit_observer(std::function<void()> observer) {
+  std::lock_guard lock(observer_mutex_);
+  observer_ = observer ? std::make_shared<std::function<void()>>(std::move(observer)) : nullptr;
+}
+
+void event_store::notify_committed() {
+  std::shared_ptr<std::function<void()>> o;
+  {
+    std::lock_guard lock(observer_mutex_);
+    o = observer_;
+  }
+  if (o) (*o)();
+}
+
 result<std::vector<event>> event_store::read_by_type(std::string_view type, std::optional<timestamp> from,
                                                      std::optional<timestamp> to, std::size_t limit) {
   auto pattern = type_pattern::parse(type, "eventType");

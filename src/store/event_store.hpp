@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -63,10 +64,20 @@ class event_store {
   // The position of the last committed event (0 when the log is empty).
   virtual log_position head() = 0;
 
+  // Called (from a store thread, possibly concurrently) after events were committed, by
+  // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is
+  // a wake-up for the log tailer, not a delivery. One observer; nullptr removes it.
+  void set_commit_observer(std::function<void()> observer);
+
  protected:
   event_store() = default;
+  void notify_committed();
   // Called by append_async with a validated request.
   virtual void submit_append(append_request request, append_callback done) = 0;
+
+ private:
+  std::mutex observer_mutex_;
+  std::shared_ptr<std::function<void()>> observer_;  // GUARDED_BY(observer_mutex_)
 };
 
 struct store_options {

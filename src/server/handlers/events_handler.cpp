@@ -9,42 +9,108 @@ namespace json = boost::json;
 
 namespace {
 
-// GET /v1/events?type=&aggregateType=&aggregateId=&from=&to=&limit=&cursor=
-// Same names as the stream endpoint; type/aggregateType/aggregateId repeat.
+// GET /v1/events?type=&aggregateType=&aggregateId=&routingKey=&from=&to=&limit=&cursor=
 result<std::pair<event_query, pagination>> query_from_params(const request_context& ctx) {
-  event_query q;
+  std::map<std::string, std::string> extra{{"limit", ""}, {"cursor", ""}};
+  auto filter = filter_params(ctx, extra);
+  if (!filter) return std::move(filter).error();
+  if (filter->contains("routingKeys")) {
+    // EventQuery has no routing keys: express them as a metadata condition.
+    json::array conds;
+    for (const auto& k : filter->at("routingKeys").as_array())
+      conds.push_back(json::object{{"path", "$.routingKey"}, {"operator", "equals"}, {"value", k}});
+    if (conds.size() > 1)
+      return error::invalid("routingKey", "GET /v1/events takes one routingKey (the stream endpoints take several)");
+    (*filter)["metadataQuery"] = std::move(conds);
+    filter->erase("routingKeys");
+  }
+  auto q = event_query_from_json(*filter, "");
+  if (!q) return std::move(q).error();
   pagination page;
+  if (!extra["limit"].empty()) {
+    auto n = parse_limit(extra["limit"], "limit");
+    if (!n) return std::move(n).error();
+    page.limit = *n;
+  }
+  if (!extra["cursor"].empty()) {
+    auto c = decode_cursor(extra["cursor"]);
+    if (!c) return std::move(c).error();
+    page.after = *c;
+  }
+  return std::pair{std::move(*q), page};
+}
+
+// POST /v1/events: publish one event {NewEvent + aggregateId, expectedVersion?, routingKey?}.
+asio::awaitable<reply> publish_one(request_context& ctx) {
+  auto body = parse_body(ctx);
+  if (!body) co_return problem_reply(body.error());
+  auto* o = body->if_object();
+  if (!o) co_return problem_reply(error::invalid("body", "must be an event object with aggregateId"));
+  const auto* aid = o->if_contains("aggregateId");
+  if (!aid || !aid->is_string()) co_return problem_reply(error::invalid("aggregateId", "required string"));
+  std::string aggregate_id(aid->get_string());
+  json::object wrapper;
+  if (auto* ev = o->if_contains("expectedVersion")) wrapper["expectedVersion"] = *ev, o->erase("expectedVersion");
+  std::optional<std::string> routing_key;
+  if (auto* rk = o->if_contains("routingKey")) {
+    if (!rk->is_string() || rk->get_string().empty() || rk->get_string().size() > 255)
+      co_return problem_reply(error::invalid("routingKey", "must be a string of 1 to 255 characters"));
+    routing_key = std::string(rk->get_string());
+    o->erase("routingKey");
+  }
+  wrapper["events"] = json::array{std::move(*body)};
+  auto req = append_request_from_json(json::value(std::move(wrapper)), aggregate_id);
+  if (!req) {
+    auto e = req.error();
+    if (e.field.starts_with("events[0].")) e.field = e.field.substr(10);
+    co_return problem_reply(e);
+  }
+  if (routing_key) req->events[0].metadata["routingKey"] = *routing_key;
+  if (auto ok = ctx.state.access.authorize(ctx.who, access_action::append, {aggregate_id, req->events[0].type}); !ok)
+    co_return problem_reply(ok.error());
+  auto r = co_await async_append(ctx.state.store, std::move(*req));
+  if (!r) co_return problem_reply(r.error());
+  co_return json_reply(r->idempotent_replay ? http::status::ok : http::status::created, to_json(*r));
+}
+
+}  // namespace
+
+result<json::object> filter_params(const request_context& ctx, std::map<std::string, std::string>& extra) {
+  json::object f;
+  auto add = [&](const char* key, const std::string& value) {
+    auto& slot = f[key];
+    if (!slot.is_array()) slot = json::array();
+    slot.as_array().emplace_back(value);
+    return slot.as_array().size();
+  };
+  std::size_t total = 0;
   for (auto p : ctx.url.params()) {
     const std::string key = p.key;
     const std::string value = p.has_value ? std::string(p.value) : std::string();
-    if (key == "type") {
-      auto pat = type_pattern::parse(value, "type");
-      if (!pat) return std::move(pat).error();
-      q.event_types.push_back(std::move(*pat));
-    } else if (key == "aggregateType") {
-      q.aggregate_types.push_back(value);
-    } else if (key == "aggregateId") {
-      q.aggregate_ids.push_back(value);
-    } else if (key == "from" || key == "to") {
-      auto t = parse_rfc3339(value);
-      if (!t) return error::invalid(key, "not an RFC 3339 timestamp: '" + value.substr(0, 64) + "'");
-      (key == "from" ? q.from : q.to) = *t;
-    } else if (key == "limit") {
-      auto n = parse_limit(value, "limit");
-      if (!n) return std::move(n).error();
-      page.limit = *n;
-    } else if (key == "cursor") {
-      auto c = decode_cursor(value);
-      if (!c) return std::move(c).error();
-      page.after = *c;
+    if (key == "type") total += add("eventTypes", value);
+    else if (key == "aggregateType") total += add("aggregateTypes", value);
+    else if (key == "aggregateId") total += add("aggregateIds", value);
+    else if (key == "routingKey") total += add("routingKeys", value);
+    else if (key == "from" || key == "to") {
+      if (!parse_rfc3339(value)) return error::invalid(key, "not an RFC 3339 timestamp: '" + value.substr(0, 64) + "'");
+      auto& range = f["timestampRange"];
+      if (!range.is_object()) range = json::object();
+      range.as_object()[key] = value;
+    } else if (auto it = extra.find(key); it != extra.end()) {
+      it->second = value;
     } else {
       return error::invalid(key.substr(0, 100), "unknown query parameter");
     }
-    if (q.aggregate_ids.size() + q.aggregate_types.size() + q.event_types.size() > 1000)
-      return error::invalid(key, "more than 1000 filter values");
+    if (total > 1000) return error::invalid(key, "more than 1000 filter values");
   }
-  return std::pair{std::move(q), page};
+  // Name the parameter, not the JSON member, in errors about type patterns.
+  if (const auto* types = f.if_contains("eventTypes"))
+    for (const auto& t : types->as_array())
+      if (auto pat = type_pattern::parse(t.as_string(), "type"); !pat) return std::move(pat).error();
+  return f;
 }
+
+namespace {
 
 asio::awaitable<reply> run_query(request_context& ctx, event_query q, pagination page) {
   if (auto ok = ctx.state.access.authorize(ctx.who, access_action::read, {}); !ok) co_return problem_reply(ok.error());
@@ -62,12 +128,14 @@ asio::awaitable<reply> handle_events(request_context& ctx) {
   const auto& s = ctx.segments;  // v1 events [query | {id}]
   const auto method = ctx.req.method();
   if (s.size() == 2) {
-    if (method != http::verb::get) co_return method_not_allowed("GET");
+    if (method == http::verb::post) co_return co_await publish_one(ctx);
+    if (method != http::verb::get) co_return method_not_allowed("GET, POST");
     auto qp = query_from_params(ctx);
     if (!qp) co_return problem_reply(qp.error());
     co_return co_await run_query(ctx, std::move(qp->first), qp->second);
   }
   if (s.size() != 3) co_return problem_reply(error::make(errc::not_found, "no resource at this path"));
+  if (s[2] == "stream") co_return co_await handle_event_stream(ctx);
   if (s[2] == "query") {
     if (method != http::verb::post) co_return method_not_allowed("POST");
     auto body = parse_body(ctx);

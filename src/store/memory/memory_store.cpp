@@ -41,7 +41,9 @@ void memory_store::submit_append(append_request request, append_callback done) {
       log_.push_back(std::move(e));
     }
   }
+  const bool wrote = !plan->replay;
   lock.unlock();
+  if (wrote) notify_committed();
   done(std::move(plan->result));
 }
 

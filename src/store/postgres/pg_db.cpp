@@ -1,5 +1,7 @@
 #include "store/postgres/pg_db.hpp"
 
+#include <poll.h>
+
 #include <charconv>
 
 namespace pliers::pg {
@@ -75,6 +77,23 @@ result<void> connection::copy_in(const std::string& copy_sql, std::string_view d
   while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
   sqlstate_.clear();
   return {};
+}
+
+bool connection::wait_for_notification(std::chrono::milliseconds timeout) {
+  auto drain = [&] {
+    bool any = false;
+    while (PGnotify* n = PQnotifies(conn_)) {
+      PQfreemem(n);
+      any = true;
+    }
+    return any;
+  };
+  if (PQconsumeInput(conn_) == 0) return false;
+  if (drain()) return true;
+  pollfd pfd{PQsocket(conn_), POLLIN, 0};
+  if (pfd.fd < 0 || ::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return false;
+  if (PQconsumeInput(conn_) == 0) return false;
+  return drain();
 }
 
 void append_copy_field(std::string& out, std::string_view v) {

@@ -5,6 +5,7 @@
 
 #include <libpq-fe.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -42,6 +43,9 @@ class connection {
   result<query_result> exec(const std::string& sql, const params& p = {});
   // COPY ... FROM STDIN with `data` in COPY text format.
   result<void> copy_in(const std::string& copy_sql, std::string_view data);
+  // Waits up to `timeout` for a NOTIFY on a LISTENing connection; true when one (or more)
+  // arrived, all of which are consumed.
+  bool wait_for_notification(std::chrono::milliseconds timeout);
   // True when the server connection is gone (killed backend, restart, network).
   bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
   // SQLSTATE of the last failed command ("" when none).

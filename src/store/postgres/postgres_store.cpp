@@ -293,6 +293,8 @@ struct postgres_store::impl {
   bool stopping = false;        // GUARDED_BY(notify_mutex)
   std::thread notifier;
   std::thread maintenance;
+  std::thread listener;              // LISTEN pliers_events: commits of other processes
+  std::function<void()> on_commit;   // the owner's notify_committed
   std::set<std::int64_t> known_partitions;  // period starts (micros) known to exist; writer thread only
 
   impl(std::string u, const store_options& o) : url(std::move(u)), opts(o), clk(o.time_source ? *o.time_source : default_clock()) {}
@@ -620,6 +622,7 @@ struct postgres_store::impl {
   }
 
   void signal_commit() {
+    if (on_commit) on_commit();
     {
       std::lock_guard lock(notify_mutex);
       notify_pending = true;
@@ -647,6 +650,30 @@ struct postgres_store::impl {
     }
   }
 
+  // Wakes the log tailer when any process commits (payload-free NOTIFY), so other
+  // processes' events reach this node's subscribers without polling delay.
+  void run_listener() {
+    std::unique_ptr<connection> db;
+    while (true) {
+      {
+        std::lock_guard lock(notify_mutex);
+        if (stopping) return;
+      }
+      if (!db || db->broken()) {
+        auto c = connect();
+        if (c && (*c)->exec("LISTEN pliers_events")) {
+          db = std::move(*c);
+          if (on_commit) on_commit();  // we may have missed some while reconnecting
+        } else {
+          db.reset();
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          continue;
+        }
+      }
+      if (db->wait_for_notification(std::chrono::milliseconds(200)) && on_commit) on_commit();
+    }
+  }
+
   void run_maintenance() {
     std::unique_lock lock(notify_mutex);
     while (!stopping) {
@@ -659,7 +686,11 @@ struct postgres_store::impl {
   }
 };
 
-postgres_store::postgres_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+postgres_store::postgres_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {
+  impl_->on_commit = [this] { notify_committed(); };
+  auto* raw = impl_.get();
+  impl_->listener = std::thread([raw] { raw->run_listener(); });
+}
 
 postgres_store::~postgres_store() {
   if (!impl_) return;
@@ -671,6 +702,7 @@ postgres_store::~postgres_store() {
   impl_->notify_cv.notify_all();
   if (impl_->notifier.joinable()) impl_->notifier.join();
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
+  if (impl_->listener.joinable()) impl_->listener.join();
 }
 
 namespace {

@@ -247,6 +247,7 @@ struct sqlite_store::impl final : private append_lookup {
   std::vector<std::unique_ptr<connection>> idle;  // GUARDED_BY(pool_mutex)
 
   std::unique_ptr<group_commit> committer;
+  std::function<void()> on_commit;  // the owner's notify_committed
 
   impl(std::string p, const clock& c) : path(std::move(p)), clk(c) {}
 
@@ -365,13 +366,20 @@ struct sqlite_store::impl final : private append_lookup {
       e.message = "append not stored: " + e.message;
       return fail_all(e);
     }
-    std::lock_guard lock(head_mutex);
-    head = next_head;
+    bool advanced = false;
+    {
+      std::lock_guard lock(head_mutex);
+      advanced = next_head != head;
+      head = next_head;
+    }
+    if (advanced && on_commit) on_commit();
     return results;
   }
 };
 
-sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {
+  impl_->on_commit = [this] { notify_committed(); };
+}
 
 const char* sqlite_store::schema_sql() { return migrations[0]; }
 

@@ -1,0 +1,99 @@
+#include "bus/log_tailer.hpp"
+
+namespace pliers {
+
+log_tailer::log_tailer(event_store& store, options opts) : store_(store), opts_(opts), head_(store.head()) {
+  store_.set_commit_observer([this] { wake(); });
+  thread_ = std::thread([this] { run(); });
+}
+
+log_tailer::~log_tailer() {
+  store_.set_commit_observer(nullptr);
+  {
+    std::lock_guard lock(wake_mutex_);
+    stopping_ = true;
+  }
+  wake_cv_.notify_all();
+  thread_.join();
+}
+
+void log_tailer::wake() {
+  {
+    std::lock_guard lock(wake_mutex_);
+    woken_ = true;
+  }
+  wake_cv_.notify_one();
+}
+
+log_position log_tailer::head() const {
+  std::shared_lock lock(ring_mutex_);
+  return head_;
+}
+
+std::uint64_t log_tailer::add_listener(listener l) {
+  std::lock_guard lock(listeners_mutex_);
+  auto id = next_listener_++;
+  listeners_.emplace(id, std::make_shared<listener>(std::move(l)));
+  return id;
+}
+
+void log_tailer::remove_listener(std::uint64_t id) {
+  std::lock_guard lock(listeners_mutex_);
+  listeners_.erase(id);
+}
+
+result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position after, std::size_t max) {
+  {
+    std::shared_lock lock(ring_mutex_);
+    if (after >= head_) return std::vector<event_ptr>{};
+    if (!ring_.empty() && after.value >= ring_.front()->position.value - 1) {
+      auto first = static_cast<std::size_t>(after.value - (ring_.front()->position.value - 1));
+      auto n = std::min(max, ring_.size() - first);
+      return std::vector<event_ptr>(ring_.begin() + static_cast<std::ptrdiff_t>(first),
+                                    ring_.begin() + static_cast<std::ptrdiff_t>(first + n));
+    }
+  }
+  // Older than the ring: from the store.
+  auto events = store_.read_all(after, max);
+  if (!events) return std::move(events).error();
+  std::vector<event_ptr> out;
+  out.reserve(events->size());
+  for (auto& e : *events) out.push_back(std::make_shared<const event>(std::move(e)));
+  return out;
+}
+
+void log_tailer::run() {
+  while (true) {
+    {
+      std::unique_lock lock(wake_mutex_);
+      wake_cv_.wait_for(lock, opts_.poll_interval, [&] { return woken_ || stopping_; });
+      if (stopping_) return;
+      woken_ = false;
+    }
+    while (true) {
+      log_position from = head();
+      auto batch = store_.read_all(from, opts_.read_batch);
+      if (!batch || batch->empty()) break;  // a failed read is retried on the next wake or poll
+      log_position new_head;
+      {
+        std::unique_lock lock(ring_mutex_);
+        for (auto& e : *batch) {
+          if (e.position.value != head_.value + 1) break;  // never accept a gap
+          head_ = e.position;
+          ring_.push_back(std::make_shared<const event>(std::move(e)));
+          if (ring_.size() > opts_.ring_capacity) ring_.pop_front();
+        }
+        new_head = head_;
+      }
+      std::vector<std::shared_ptr<listener>> ls;
+      {
+        std::lock_guard lock(listeners_mutex_);
+        for (auto& [id, l] : listeners_) ls.push_back(l);
+      }
+      for (auto& l : ls) (*l)(new_head);
+      if (batch->size() < opts_.read_batch) break;
+    }
+  }
+}
+
+}  // namespace pliers

@@ -1,0 +1,71 @@
+// The log tailer (DESIGN "Distribution"): one per node. A thread follows the global log in
+// position order, woken by the store's commit observer (local commits at once, other
+// processes' through LISTEN/NOTIFY on PostgreSQL) and, as a safety net, every
+// poll_interval. It keeps the most recent `ring_capacity` events in memory.
+//
+// Readers never receive a pushed event: each reader keeps its own position and asks for
+// "events after p" (read_after). Recent positions come from the ring, older ones from the
+// store, so a reader sees every position once, in order, with no gap and no duplicate,
+// whatever its speed; a slow reader costs only store reads, never memory or other
+// readers' time. Listeners are told when the head advances.
+// Thread-safety: all members may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <vector>
+
+#include "store/event_store.hpp"
+
+namespace pliers {
+
+class log_tailer {
+ public:
+  struct options {
+    std::size_t ring_capacity = 65536;
+    std::size_t read_batch = 2000;
+    std::chrono::milliseconds poll_interval{1000};
+  };
+  using event_ptr = std::shared_ptr<const event>;
+  using listener = std::function<void(log_position head)>;
+
+  log_tailer(event_store& store, options opts);
+  ~log_tailer();
+  log_tailer(const log_tailer&) = delete;
+  log_tailer& operator=(const log_tailer&) = delete;
+
+  // Events with position > after, at most max, in position order. Blocking (store reads).
+  result<std::vector<event_ptr>> read_after(log_position after, std::size_t max);
+  // The highest position the tailer has seen.
+  log_position head() const;
+  // Listeners run on the tailer thread after the head advanced; they must not block.
+  std::uint64_t add_listener(listener l);
+  void remove_listener(std::uint64_t id);
+  // Asks the tailer to look for new events now.
+  void wake();
+
+ private:
+  void run();
+
+  event_store& store_;
+  const options opts_;
+  mutable std::shared_mutex ring_mutex_;
+  std::deque<event_ptr> ring_;  // GUARDED_BY(ring_mutex_); contiguous positions
+  log_position head_;           // GUARDED_BY(ring_mutex_)
+  std::mutex listeners_mutex_;
+  std::map<std::uint64_t, std::shared_ptr<listener>> listeners_;  // GUARDED_BY(listeners_mutex_)
+  std::uint64_t next_listener_ = 1;
+  std::mutex wake_mutex_;
+  std::condition_variable wake_cv_;
+  bool woken_ = false;     // GUARDED_BY(wake_mutex_)
+  bool stopping_ = false;  // GUARDED_BY(wake_mutex_)
+  std::thread thread_;
+};
+
+}  // namespace pliers
