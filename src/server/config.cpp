@@ -25,6 +25,7 @@ const std::vector<config_key>& config_keys() {
       {"store.query_timeout_ms", "PLIERS_QUERY_TIMEOUT_MS", "postgres statement timeout"},
       {"store.connect_timeout_ms", "PLIERS_CONNECT_TIMEOUT_MS", "how long to retry connecting at start-up"},
       {"store.run_migrations", "PLIERS_RUN_MIGRATIONS", "apply schema migrations at start-up (true/false)"},
+      {"stream.poll_interval_ms", "PLIERS_POLL_INTERVAL_MS", "how often the log tailer polls besides commit wake-ups"},
       {"log.level", "PLIERS_LOG_LEVEL", "trace, debug, info, warn, error"},
   };
   return keys;
@@ -90,6 +91,10 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
     long long ms = 0;
     if (auto r = parse_number<long long>(key, v, ms, 1, 3600000); !r) return r;
     (key == "store.query_timeout_ms" ? query_timeout : connect_timeout) = std::chrono::milliseconds(ms);
+  } else if (key == "stream.poll_interval_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 10, 3600000); !r) return r;
+    tail_poll_interval = std::chrono::milliseconds(ms);
   } else if (key == "store.run_migrations") {
     if (v != "true" && v != "false") return error::invalid(std::string(key), "must be true or false");
     run_migrations = v == "true";

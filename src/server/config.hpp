@@ -31,6 +31,7 @@ struct server_config {
   std::chrono::seconds idle_timeout{60};
   std::chrono::seconds request_timeout{30};
   std::chrono::seconds shutdown_grace{10};
+  std::chrono::milliseconds tail_poll_interval{1000};  // safety-net poll of the log tailer
   std::string log_level = "info";
   std::string ready_file;  // when set, the bound address is written here once listening
 

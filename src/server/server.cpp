@@ -106,7 +106,7 @@ struct http_server::impl {
 
   impl(server_config c, event_store& s)
       : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
-        tailer(store, log_tailer::options{}),
+        tailer(store, log_tailer::options{.poll_interval = cfg.tail_poll_interval}),
         state{cfg, store, default_access_policy(), workers, tailer, streams, stopping} {}
 
   asio::awaitable<void> accept_loop() {

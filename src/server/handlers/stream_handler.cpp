@@ -197,7 +197,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
         }
       }
       if (close_with) {
-        auto [ec] = co_await ws.async_close(*close_with, asio::as_tuple(asio::use_awaitable));
+        (void)co_await ws.async_close(*close_with, asio::as_tuple(asio::use_awaitable));
         finish();
         co_return;
       }

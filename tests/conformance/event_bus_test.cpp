@@ -1,0 +1,109 @@
+// The in-process subscriber API over every store: history then live, in position order,
+// no gap, no duplicate, while appends continue; a throwing handler does not stop delivery.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "bus/event_bus.hpp"
+#include "core/uuid.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+
+class EventBus : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("pliers-bus-" + new_uuid_v4().substr(0, 8));
+    std::filesystem::create_directories(dir_);
+    auto s = open_store(GetParam() == "sqlite" ? "sqlite:" + (dir_ / "e.db").string() : "memory:");
+    ASSERT_TRUE(s);
+    store_ = std::move(*s);
+    tailer_ = std::make_unique<log_tailer>(*store_, log_tailer::options{.ring_capacity = 256});
+    bus_ = std::make_unique<event_bus>(*store_, *tailer_);
+  }
+  void TearDown() override {
+    bus_.reset();
+    tailer_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  static new_event make(std::string type, int n) {
+    new_event e;
+    e.type = std::move(type);
+    e.aggregate_type = "bus";
+    e.metadata = json::object{{"sourceSystem", "t"}, {"sourceVersion", "1"}};
+    e.payload = json::object{{"n", n}};
+    return e;
+  }
+  std::filesystem::path dir_;
+  std::unique_ptr<event_store> store_;
+  std::unique_ptr<log_tailer> tailer_;
+  std::unique_ptr<event_bus> bus_;
+};
+
+TEST_P(EventBus, HistoryThenLiveWithNoGapOrDuplicate) {
+  // History larger than the ring, so the subscriber reads old events from the store.
+  for (int i = 0; i < 600; ++i) ASSERT_TRUE(bus_->publish("a-" + std::to_string(i % 5), make(i % 2 ? "odd.one" : "even.one", i)));
+  std::mutex m;
+  std::vector<std::int64_t> all_positions, even_positions;
+  auto everything = bus_->subscribe_with_filter({}, [&](const event& e) {
+    std::lock_guard lock(m);
+    all_positions.push_back(e.position.value);
+  }, subscription_start::beginning());
+  auto evens = bus_->subscribe({"even.*"}, [&](const event& e) {
+    std::lock_guard lock(m);
+    even_positions.push_back(e.position.value);
+  }, subscription_start::beginning());
+  std::thread writer([&] {
+    for (int i = 600; i < 1200; ++i) ASSERT_TRUE(bus_->publish("a-" + std::to_string(i % 5), make(i % 2 ? "odd.one" : "even.one", i)));
+  });
+  writer.join();
+  for (int i = 0; i < 500 && everything->position().value < 1200; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 500 && evens->position().value < 1200; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::lock_guard lock(m);
+  ASSERT_EQ(all_positions.size(), 1200u);
+  for (std::size_t i = 0; i < all_positions.size(); ++i) ASSERT_EQ(all_positions[i], static_cast<std::int64_t>(i + 1));
+  ASSERT_EQ(even_positions.size(), 600u);
+  for (std::size_t i = 0; i < even_positions.size(); ++i) ASSERT_EQ(even_positions[i], static_cast<std::int64_t>(2 * i + 1));
+}
+
+TEST_P(EventBus, AThrowingHandlerIsCountedAndOthersStillReceive) {
+  std::atomic<int> good{0}, reported{0};
+  bus_->on_handler_error = [&](const event&, const std::string&) { ++reported; };
+  auto bad = bus_->subscribe({"t.*"}, [](const event&) { throw std::runtime_error("handler bug"); });
+  auto fine = bus_->subscribe({"t.*"}, [&](const event&) { ++good; });
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(bus_->publish("x", make("t.x", i)));
+  for (int i = 0; i < 500 && (good < 20 || bad->position().value < 20); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(good.load(), 20);
+  EXPECT_EQ(bad->handler_failures(), 20u);
+  EXPECT_EQ(reported.load(), 20);
+  fine->close();
+  ASSERT_TRUE(bus_->publish("x", make("t.x", 99)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(good.load(), 20) << "a closed subscription received an event";
+  EXPECT_FALSE(bus_->subscribe_to_pattern("t..x", [](const event&) {}));
+}
+
+TEST_P(EventBus, PublishToCarriesTheRoutingKeyIntoFilters) {
+  event_filter f;
+  f.routing_keys = {"eu"};
+  std::atomic<int> got{0};
+  auto s = bus_->subscribe_with_filter(f, [&](const event& e) {
+    EXPECT_EQ(e.metadata.at("routingKey").as_string(), "eu");
+    ++got;
+  });
+  ASSERT_TRUE(bus_->publish_to("r", make("t.r", 1), "eu"));
+  ASSERT_TRUE(bus_->publish_to("r", make("t.r", 2), "us"));
+  ASSERT_TRUE(bus_->publish("r", make("t.r", 3)));
+  for (int i = 0; i < 300 && s->position().value < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(got.load(), 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, EventBus, ::testing::Values("memory", "sqlite"));
+
+}  // namespace pliers
