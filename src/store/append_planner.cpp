@@ -2,6 +2,7 @@
 
 #include "core/uuid.hpp"
 
+#include <map>
 #include <type_traits>
 #include <utility>
 
@@ -109,6 +110,73 @@ result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position
   }
   plan.result.version = seq;
   return plan;
+}
+
+namespace {
+
+// What the earlier appends of a group would write, seen before the store's own state.
+class overlay_lookup final : public append_lookup {
+ public:
+  explicit overlay_lookup(append_lookup& base) : base_(base) {}
+  void add(const append_plan& plan) {
+    for (const auto& e : plan.events) events_[e.id] = {e.aggregate_id, e.sequence, e.position, e.time};
+    if (!plan.events.empty()) aggregates_[plan.events.back().aggregate_id] = {plan.aggregate_type, plan.result.version};
+  }
+  std::optional<stored_event> find_event(std::string_view id) override {
+    if (auto it = events_.find(std::string(id)); it != events_.end()) return it->second;
+    return base_.find_event(id);
+  }
+  std::optional<aggregate_state> find_aggregate(std::string_view id) override {
+    if (auto it = aggregates_.find(std::string(id)); it != aggregates_.end()) return it->second;
+    return base_.find_aggregate(id);
+  }
+
+ private:
+  append_lookup& base_;
+  std::map<std::string, stored_event> events_;
+  std::map<std::string, aggregate_state> aggregates_;
+};
+
+template <class Requests>
+result<std::vector<append_plan>> plan_group_impl(Requests&& requests, append_lookup& lookup, log_position head,
+                                                 timestamp now) {
+  std::vector<append_plan> plans;
+  plans.reserve(requests.size());
+  if (requests.size() == 1) {
+    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests.front()), lookup, head, now)
+                                                       : plan_append(std::as_const(requests.front()), lookup, head, now);
+    if (!plan) return std::move(plan).error();
+    plans.push_back(std::move(*plan));
+    return plans;
+  }
+  overlay_lookup overlay(lookup);
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests[i]), overlay, head, now)
+                                                       : plan_append(std::as_const(requests[i]), overlay, head, now);
+    if (!plan) {
+      error e = std::move(plan).error();
+      e.field = "appends[" + std::to_string(i) + "]" + (e.field.empty() ? "" : "." + e.field);
+      return e;
+    }
+    if (!plan->replay) {
+      overlay.add(*plan);
+      head = plan->events.back().position;
+    }
+    plans.push_back(std::move(*plan));
+  }
+  return plans;
+}
+
+}  // namespace
+
+result<std::vector<append_plan>> plan_group(const std::vector<append_request>& requests, append_lookup& lookup,
+                                            log_position head, timestamp now) {
+  return plan_group_impl(requests, lookup, head, now);
+}
+
+result<std::vector<append_plan>> plan_group(std::vector<append_request>&& requests, append_lookup& lookup,
+                                            log_position head, timestamp now) {
+  return plan_group_impl(std::move(requests), lookup, head, now);
 }
 
 result<append_plan> plan_append(const append_request& req, append_lookup& lookup, log_position head, timestamp now) {

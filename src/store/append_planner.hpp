@@ -49,4 +49,12 @@ result<append_plan> plan_append(const append_request& request, append_lookup& lo
                                 timestamp now);
 result<append_plan> plan_append(append_request&& request, append_lookup& lookup, log_position head, timestamp now);
 
+// Plans several appends that commit together or not at all (publishBatch): each sees the
+// ones before it; the first failure fails the group, its field prefixed "appends[i]." when
+// the group has more than one append. Positions follow each other from `head`.
+result<std::vector<append_plan>> plan_group(const std::vector<append_request>& requests, append_lookup& lookup,
+                                            log_position head, timestamp now);
+result<std::vector<append_plan>> plan_group(std::vector<append_request>&& requests, append_lookup& lookup,
+                                            log_position head, timestamp now);
+
 }  // namespace pliers

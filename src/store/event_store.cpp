@@ -14,7 +14,40 @@ void event_store::append_async(append_request request, append_callback done) {
     done(std::move(ok).error());
     return;
   }
-  submit_append(std::move(request), std::move(done));
+  std::vector<append_request> one;
+  one.push_back(std::move(request));
+  submit_group(std::move(one), [done = std::move(done)](result<std::vector<append_result>> r) {
+    if (!r) done(std::move(r).error());
+    else done(std::move(r->front()));
+  });
+}
+
+void event_store::append_group_async(std::vector<append_request> requests, group_callback done) {
+  if (requests.empty()) {
+    done(error::invalid("appends", "must contain at least one append"));
+    return;
+  }
+  std::size_t events = 0;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    if (auto ok = validate_append(requests[i]); !ok) {
+      error e = std::move(ok).error();
+      e.field = "appends[" + std::to_string(i) + "]" + (e.field.empty() ? "" : "." + e.field);
+      done(std::move(e));
+      return;
+    }
+    events += requests[i].events.size();
+  }
+  if (events > max_events_per_append)
+    return done(error::invalid("appends", "more than " + std::to_string(max_events_per_append) + " events in one group"));
+  submit_group(std::move(requests), std::move(done));
+}
+
+result<std::vector<append_result>> event_store::append_group(std::vector<append_request> requests) {
+  std::promise<result<std::vector<append_result>>> promise;
+  auto future = promise.get_future();
+  append_group_async(std::move(requests),
+                     [&promise](result<std::vector<append_result>> r) { promise.set_value(std::move(r)); });
+  return future.get();
 }
 
 result<append_result> event_store::append(append_request request) {

@@ -27,6 +27,7 @@ class clock;
 class event_store {
  public:
   using append_callback = std::function<void(result<append_result>)>;
+  using group_callback = std::function<void(result<std::vector<append_result>>)>;
 
   virtual ~event_store() = default;
   event_store(const event_store&) = delete;
@@ -38,6 +39,11 @@ class event_store {
   void append_async(append_request request, append_callback done);
   // Blocking form of append_async.
   result<append_result> append(append_request request);
+  // publishBatch: several appends, to any aggregates, that commit all together or not at
+  // all. An error names the failing append as "appends[i]...". Same threading as
+  // append_async.
+  void append_group_async(std::vector<append_request> requests, group_callback done);
+  result<std::vector<append_result>> append_group(std::vector<append_request> requests);
 
   // readEvents: events of one aggregate with fromVersion <= sequenceNumber <= toVersion,
   // in sequence order, at most `limit` of them. An unknown aggregate gives an empty list.
@@ -72,8 +78,8 @@ class event_store {
  protected:
   event_store() = default;
   void notify_committed();
-  // Called by append_async with a validated request.
-  virtual void submit_append(append_request request, append_callback done) = 0;
+  // Called with validated requests (one for append_async, several for a group).
+  virtual void submit_group(std::vector<append_request> requests, group_callback done) = 0;
 
  private:
   std::mutex observer_mutex_;

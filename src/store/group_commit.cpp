@@ -18,7 +18,7 @@ void group_commit::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void group_commit::enqueue(append_request request, event_store::append_callback done) {
+void group_commit::enqueue(std::vector<append_request> requests, event_store::group_callback done) {
   {
     std::unique_lock lock(mutex_);
     if (stopping_) {
@@ -32,7 +32,7 @@ void group_commit::enqueue(append_request request, event_store::append_callback 
                                               std::to_string(max_pending_) + "); retry later"));
       return;
     }
-    queue_.push_back({std::move(request), std::move(done)});
+    queue_.push_back({std::move(requests), std::move(done)});
   }
   cv_.notify_one();
 }
@@ -45,9 +45,8 @@ void group_commit::run() {
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping and drained
       std::size_t events = 0;
-      while (!queue_.empty() &&
-             (batch.empty() || events + queue_.front().request.events.size() <= max_batch_events_)) {
-        events += queue_.front().request.events.size();
+      while (!queue_.empty() && (batch.empty() || events + queue_.front().event_count() <= max_batch_events_)) {
+        events += queue_.front().event_count();
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }

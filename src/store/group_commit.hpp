@@ -24,19 +24,26 @@ namespace pliers {
 
 class group_commit {
  public:
+  // One unit of the batch: one append, or a group of appends that commit all or none.
   struct pending {
-    append_request request;
-    event_store::append_callback done;
+    std::vector<append_request> requests;
+    event_store::group_callback done;
+    std::size_t event_count() const {
+      std::size_t n = 0;
+      for (const auto& r : requests) n += r.events.size();
+      return n;
+    }
   };
-  // Commits the batch; must return one result per request, in order.
-  using commit_function = std::function<std::vector<result<append_result>>(std::span<pending> batch)>;
+  using unit_result = result<std::vector<append_result>>;
+  // Commits the batch; must return one result per unit, in order.
+  using commit_function = std::function<std::vector<unit_result>(std::span<pending> batch)>;
 
   group_commit(commit_function commit, std::size_t max_pending, std::size_t max_batch_events = 20000);
   ~group_commit();
   group_commit(const group_commit&) = delete;
   group_commit& operator=(const group_commit&) = delete;
 
-  void enqueue(append_request request, event_store::append_callback done);
+  void enqueue(std::vector<append_request> requests, event_store::group_callback done);
   void stop();
 
  private:

@@ -449,6 +449,34 @@ TEST_P(StoreConformance, ConcurrentAppendsAreGapFreeAndAConflictFailsOnlyItself)
   }
 }
 
+TEST_P(StoreConformance, GroupsCommitAllOrNothingAcrossAggregates) {
+  must_append(req("a", {make("t.one")}));
+  auto failed = store_->append_group({req("b", {make("t.b")}, 0), req("a", {make("t.a")}, 0)});
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().code, errc::conflict);
+  EXPECT_EQ(failed.error().field, "appends[1].expectedVersion");
+  EXPECT_EQ(store_->get_aggregate_metadata("b").error().code, errc::not_found) << "part of a failed group was written";
+  EXPECT_EQ(store_->head().value, 1);
+  auto invalid = make("t.bad");
+  invalid.metadata.erase("sourceSystem");
+  auto refused = store_->append_group({req("b", {make("t.b")}), req("c", {invalid})});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().field, "appends[1].events[0].metadata.sourceSystem");
+
+  auto ok = store_->append_group({req("b", {make("t.b1")}, 0), req("c", {make("t.c1"), make("t.c2")}), req("b", {make("t.b2")}, 1)});
+  ASSERT_TRUE(ok) << ok.error().field << " " << ok.error().message;
+  ASSERT_EQ(ok->size(), 3u);
+  EXPECT_EQ((*ok)[0].events[0].position.value, 2);
+  EXPECT_EQ((*ok)[1].events[1].position.value, 4);
+  EXPECT_EQ((*ok)[2].events[0].sequence.value, 2);
+  EXPECT_EQ((*ok)[2].version, 2);
+  auto all = all_events();
+  ASSERT_EQ(all.size(), 5u);
+  for (std::size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i].position.value, static_cast<std::int64_t>(i + 1));
+  EXPECT_EQ(store_->get_aggregate_metadata("b")->version, 2);
+  EXPECT_FALSE(store_->append_group({}));
+}
+
 TEST_P(StoreConformance, TimestampsNeverGoBackwards) {
   must_append(req("a", {make("t.one")}));
   clock_.advance(-1h);  // the wall clock steps back

@@ -149,6 +149,46 @@ TEST_F(HttpApi, LargeAggregateIsStreamedWhole) {
   EXPECT_EQ(get_json("/v1/aggregates/big-1/events?fromVersion=1001&toVersion=2000").at("events").as_array().size(), 1000u);
 }
 
+TEST_F(HttpApi, PublishOneAndAnAtomicBatchAcrossAggregates) {
+  auto one = json::parse(event_json("order.placed", "order")).as_object();
+  one["aggregateId"] = "order-1";
+  one["routingKey"] = "eu-west";
+  auto r = http_->post("/v1/events", json::serialize(one));
+  ASSERT_EQ(r->status, 201u) << r->body;
+  auto id = std::string(json::parse(r->body).at("events").as_array()[0].at("id").as_string());
+  EXPECT_EQ(get_json("/v1/events/" + id).at("metadata").at("routingKey").as_string(), "eu-west");
+  EXPECT_EQ(get_json("/v1/events?routingKey=eu-west").at("totalCount").as_int64(), 1);
+  auto missing = json::parse(event_json("order.placed", "order")).as_object();
+  auto bad = http_->post("/v1/events", json::serialize(missing));
+  EXPECT_EQ(bad->status, 400u);
+  EXPECT_EQ(json::parse(bad->body).at("field").as_string(), "aggregateId");
+
+  auto ev = [](const char* aggregate, const char* type, std::optional<int> expected = std::nullopt) {
+    auto e = json::parse(event_json(type, "order")).as_object();
+    e["aggregateId"] = aggregate;
+    if (expected) e["expectedVersion"] = *expected;
+    return json::value(e);
+  };
+  // order-1 is at version 1: the third event's expectation fails, so nothing is written.
+  auto conflict = http_->post("/v1/events/batch", json::serialize(json::object{
+      {"events", json::array{ev("order-2", "order.placed"), ev("order-3", "order.placed"), ev("order-1", "order.paid", 0)}}}));
+  ASSERT_EQ(conflict->status, 409u) << conflict->body;
+  EXPECT_EQ(json::parse(conflict->body).at("field").as_string(), "events[2].expectedVersion");
+  get_json("/v1/aggregates/order-2", 404);
+  auto ok = http_->post("/v1/events/batch", json::serialize(json::object{
+      {"events", json::array{ev("order-2", "order.placed"), ev("order-1", "order.paid", 1), ev("order-2", "order.paid")}}}));
+  ASSERT_EQ(ok->status, 201u) << ok->body;
+  const auto body = json::parse(ok->body);
+  const auto& results = body.at("events").as_array();
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[2].at("aggregateId").as_string(), "order-2");
+  EXPECT_EQ(results[2].at("sequenceNumber").as_int64(), 2);
+  EXPECT_EQ(results[0].at("position").as_int64() + 2, results[2].at("position").as_int64());
+  auto invalid = http_->post("/v1/events/batch", R"({"events":[{"aggregateId":"x","type":"t","aggregateType":"o","payload":{}}]})");
+  EXPECT_EQ(invalid->status, 400u);
+  EXPECT_EQ(json::parse(invalid->body).at("field").as_string(), "events[0].metadata");
+}
+
 TEST_F(HttpApi, UnknownRoutesAndMethods) {
   EXPECT_EQ(http_->get("/v2/nothing")->status, 404u);
   auto r = http_->request("DELETE", "/v1/aggregates/a/events");

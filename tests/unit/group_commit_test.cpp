@@ -7,12 +7,14 @@
 
 namespace pliers {
 
-append_request one_event_request() {
+std::vector<append_request> one_event_request() {
   append_request r;
   r.aggregate_id = "a";
   r.events.resize(1);
-  return r;
+  return {r};
 }
+
+using unit = group_commit::unit_result;
 
 TEST(GroupCommit, BatchesWhatQueuedWhileCommitting) {
   std::promise<void> release;
@@ -26,18 +28,18 @@ TEST(GroupCommit, BatchesWhatQueuedWhileCommitting) {
           batch_sizes.push_back(batch.size());
         }
         gate.wait();  // hold the first commit so the others queue up
-        std::vector<result<append_result>> out;
-        for (std::size_t i = 0; i < batch.size(); ++i) out.emplace_back(append_result{});
+        std::vector<unit> out;
+        for (std::size_t i = 0; i < batch.size(); ++i) out.emplace_back(std::vector<append_result>{});
         return out;
       },
       100);
   std::atomic<int> done{0};
-  gc.enqueue(one_event_request(), [&](result<append_result>) { ++done; });
+  gc.enqueue(one_event_request(), [&](unit) { ++done; });
   while (true) {  // wait until the first commit has started
     std::lock_guard lock(m);
     if (!batch_sizes.empty()) break;
   }
-  for (int i = 0; i < 10; ++i) gc.enqueue(one_event_request(), [&](result<append_result>) { ++done; });
+  for (int i = 0; i < 10; ++i) gc.enqueue(one_event_request(), [&](unit) { ++done; });
   release.set_value();
   gc.stop();
   EXPECT_EQ(done.load(), 11);
@@ -54,11 +56,11 @@ TEST(GroupCommit, RefusesBeyondTheQueueBoundAndAfterStop) {
       [&](std::span<group_commit::pending> batch) {
         started = true;
         gate.wait();
-        return std::vector<result<append_result>>(batch.size(), append_result{});
+        return std::vector<unit>(batch.size(), unit(std::vector<append_result>{}));
       },
       2);
   std::atomic<int> ok{0}, refused{0};
-  auto count = [&](result<append_result> r) {
+  auto count = [&](unit r) {
     if (r) ++ok;
     else if (r.error().code == errc::unavailable) ++refused;
   };

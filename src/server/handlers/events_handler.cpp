@@ -73,6 +73,72 @@ asio::awaitable<reply> publish_one(request_context& ctx) {
   co_return json_reply(r->idempotent_replay ? http::status::ok : http::status::created, to_json(*r));
 }
 
+// POST /v1/events/batch: {"events": [NewEvent + aggregateId (+ expectedVersion)]},
+// committed all together or not at all (publishBatch); each event is its own append, in
+// order, so several events of one aggregate follow each other.
+asio::awaitable<reply> publish_batch(request_context& ctx) {
+  auto body = parse_body(ctx);
+  if (!body) co_return problem_reply(body.error());
+  auto* o = body->if_object();
+  if (!o || o->size() != 1 || !o->contains("events") || !o->at("events").is_array())
+    co_return problem_reply(error::invalid("events", "the body must be {\"events\": [event, ...]}"));
+  auto& events = o->at("events").as_array();
+  if (events.empty()) co_return problem_reply(error::invalid("events", "must contain at least one event"));
+  std::vector<append_request> requests;
+  requests.reserve(events.size());
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const std::string field = "events[" + std::to_string(i) + "]";
+    auto* e = events[i].if_object();
+    if (!e) co_return problem_reply(error::invalid(field, "must be an object"));
+    const auto* aid = e->if_contains("aggregateId");
+    if (!aid || !aid->is_string()) co_return problem_reply(error::invalid(field + ".aggregateId", "required string"));
+    std::string aggregate_id(aid->get_string());
+    json::object wrapper;
+    if (auto* ev = e->if_contains("expectedVersion")) wrapper["expectedVersion"] = *ev, e->erase("expectedVersion");
+    wrapper["events"] = json::array{std::move(events[i])};
+    auto req = append_request_from_json(json::value(std::move(wrapper)), aggregate_id);
+    if (!req) {
+      auto err = req.error();
+      err.field = err.field.starts_with("events[0]") ? field + err.field.substr(9) : field + "." + err.field;
+      co_return problem_reply(err);
+    }
+    if (auto ok = ctx.state.access.authorize(ctx.who, access_action::append, {aggregate_id, req->events[0].type}); !ok)
+      co_return problem_reply(ok.error());
+    requests.push_back(std::move(*req));
+  }
+  std::optional<result<std::vector<append_result>>> out;
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+      [&](auto handler) {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        ctx.state.store.append_group_async(std::move(requests), [&out, h](result<std::vector<append_result>> r) {
+          out.emplace(std::move(r));
+          auto ex = asio::get_associated_executor(*h);
+          asio::post(ex, std::move(*h));
+        });
+      },
+      asio::use_awaitable);
+  if (!*out) {
+    // "appends[i].events[0].x" names the i-th event of the body.
+    auto err = out->error();
+    if (err.field.starts_with("appends[")) {
+      auto close = err.field.find(']');
+      auto rest = err.field.substr(close + 1);
+      if (rest.starts_with(".events[0]")) rest = rest.substr(10);
+      err.field = "events[" + err.field.substr(8, close - 8) + "]" + rest;
+    }
+    co_return problem_reply(err);
+  }
+  json::array results;
+  for (const auto& r : **out)
+    for (const auto& e : r.events)
+      results.push_back(json::object{{"id", e.id},
+                                     {"aggregateId", r.aggregate_id},
+                                     {"sequenceNumber", e.sequence.value},
+                                     {"position", e.position.value},
+                                     {"timestamp", format_rfc3339(e.time)}});
+  co_return json_reply(http::status::created, json::object{{"events", std::move(results)}});
+}
+
 }  // namespace
 
 result<json::object> filter_params(const request_context& ctx, std::map<std::string, std::string>& extra) {
@@ -136,6 +202,10 @@ asio::awaitable<reply> handle_events(request_context& ctx) {
   }
   if (s.size() != 3) co_return problem_reply(error::make(errc::not_found, "no resource at this path"));
   if (s[2] == "stream") co_return co_await handle_event_stream(ctx);
+  if (s[2] == "batch") {
+    if (method != http::verb::post) co_return method_not_allowed("POST");
+    co_return co_await publish_batch(ctx);
+  }
   if (s[2] == "query") {
     if (method != http::verb::post) co_return method_not_allowed("POST");
     auto body = parse_body(ctx);

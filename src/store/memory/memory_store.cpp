@@ -23,28 +23,33 @@ std::optional<append_lookup::aggregate_state> memory_store::find_aggregate(std::
   return aggregate_state{it->second.type, static_cast<std::int64_t>(it->second.events.size())};
 }
 
-void memory_store::submit_append(append_request request, append_callback done) {
+void memory_store::submit_group(std::vector<append_request> requests, group_callback done) {
   std::unique_lock lock(mutex_);
   last_time_ = std::max(last_time_, clock_.now());
-  auto plan = plan_append(std::move(request), *this, log_position(static_cast<std::int64_t>(log_.size())), last_time_);
-  if (!plan) {
+  auto plans = plan_group(std::move(requests), *this, log_position(static_cast<std::int64_t>(log_.size())), last_time_);
+  if (!plans) {
     lock.unlock();
-    done(std::move(plan).error());
+    done(std::move(plans).error());
     return;
   }
-  if (!plan->replay) {
-    auto& agg = aggregates_[request.aggregate_id];
-    if (plan->creates_aggregate) agg.type = plan->aggregate_type;
-    for (auto& e : plan->events) {
-      by_id_.emplace(e.id, log_.size());
-      agg.events.push_back(log_.size());
-      log_.push_back(std::move(e));
+  std::vector<append_result> results;
+  bool wrote = false;
+  for (auto& plan : *plans) {
+    if (!plan.replay) {
+      wrote = true;
+      auto& agg = aggregates_[plan.events.front().aggregate_id];
+      if (plan.creates_aggregate) agg.type = plan.aggregate_type;
+      for (auto& e : plan.events) {
+        by_id_.emplace(e.id, log_.size());
+        agg.events.push_back(log_.size());
+        log_.push_back(std::move(e));
+      }
     }
+    results.push_back(std::move(plan.result));
   }
-  const bool wrote = !plan->replay;
   lock.unlock();
   if (wrote) notify_committed();
-  done(std::move(plan->result));
+  done(std::move(results));
 }
 
 result<std::vector<event>> memory_store::read_aggregate(std::string_view aggregate_id, std::int64_t from_version,

@@ -27,7 +27,7 @@ class memory_store final : public event_store, private append_lookup {
   log_position head() override;
 
  private:
-  void submit_append(append_request request, append_callback done) override;
+  void submit_group(std::vector<append_request> requests, group_callback done) override;
   std::optional<stored_event> find_event(std::string_view id) override;
   std::optional<aggregate_state> find_aggregate(std::string_view aggregate_id) override;
 

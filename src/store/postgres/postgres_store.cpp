@@ -413,7 +413,7 @@ struct postgres_store::impl {
 
   // --- appends ---
   struct batch_outcome {
-    std::vector<result<append_result>> results;
+    std::vector<group_commit::unit_result> results;
     std::string first_new_id;  // an id this batch writes: resolves an unknown commit outcome
     bool commit_sent = false;  // past this point a broken connection leaves the outcome unknown
     std::string sqlstate;      // of the statement that failed
@@ -431,11 +431,12 @@ struct postgres_store::impl {
     // 1. Reserve and lock the aggregates in a global order (no deadlocks across processes).
     std::map<std::string, std::string> aggregate_types;  // sorted
     std::vector<std::string> client_ids;
-    for (const auto& p : batch) {
-      aggregate_types.emplace(p.request.aggregate_id, p.request.events.front().aggregate_type);
-      for (const auto& e : p.request.events)
-        if (e.id) client_ids.push_back(*e.id);
-    }
+    for (const auto& p : batch)
+      for (const auto& req : p.requests) {
+        aggregate_types.emplace(req.aggregate_id, req.events.front().aggregate_type);
+        for (const auto& e : req.events)
+          if (e.id) client_ids.push_back(*e.id);
+      }
     std::vector<std::string> agg_ids, agg_types;
     for (const auto& [id, type] : aggregate_types) agg_ids.push_back(id), agg_types.push_back(type);
     const auto ids_param = text_array(agg_ids);
@@ -466,24 +467,28 @@ struct postgres_store::impl {
     }
     // 3. Plan every append on its own, with positions relative to the batch.
     auto now = clk.now();
-    std::vector<std::optional<append_plan>> plans;
+    std::vector<std::vector<append_plan>> units;  // empty for a failed unit
+    std::vector<append_plan*> plans;              // every plan of the batch, in order
     std::int64_t relative = 0;
     for (const auto& p : batch) {
-      auto plan = plan_append(p.request, lookup, log_position(relative), now);
-      if (!plan) {
-        out.results.emplace_back(std::move(plan).error());
-        plans.emplace_back();
+      auto unit = plan_group(p.requests, lookup, log_position(relative), now);
+      if (!unit) {
+        out.results.emplace_back(std::move(unit).error());
+        units.emplace_back();
         continue;
       }
-      if (!plan->replay) {
-        for (const auto& e : plan->events)
+      for (const auto& plan : *unit) {
+        if (plan.replay) continue;
+        for (const auto& e : plan.events)
           lookup.events.emplace(e.id, append_lookup::stored_event{e.aggregate_id, e.sequence, e.position, e.time});
-        lookup.aggregates[p.request.aggregate_id] = {plan->aggregate_type, plan->result.version};
-        relative = plan->events.back().position.value;
+        lookup.aggregates[plan.events.back().aggregate_id] = {plan.aggregate_type, plan.result.version};
+        relative = plan.events.back().position.value;
       }
-      out.results.emplace_back(append_result{});
-      plans.push_back(std::move(*plan));
+      out.results.emplace_back(std::vector<append_result>{});
+      units.push_back(std::move(*unit));
     }
+    for (auto& u : units)
+      for (auto& plan : u) plans.push_back(&plan);
     // 4. Positions from the counter, after every check: losers spend none.
     if (relative > 0) {
       auto head = db.exec(
@@ -495,8 +500,8 @@ struct postgres_store::impl {
       const timestamp commit_time = from_micros(head->int64(0, 1));
       std::string events_copy, ids_copy;
       std::vector<std::string> upd_ids, upd_versions, upd_counts, upd_types, upd_times;
-      for (auto& plan : plans) {
-        if (!plan || plan->replay) continue;
+      for (auto* plan : plans) {
+        if (plan->replay) continue;
         for (auto& e : plan->events) e.position = log_position(e.position.value + base), e.time = commit_time;
         for (auto& r : plan->result.events) r.position = log_position(r.position.value + base), r.time = commit_time;
         for (const auto& e : plan->events) {
@@ -558,8 +563,12 @@ struct postgres_store::impl {
           !r)
         return rollback(r.error());
     }
-    for (std::size_t i = 0; i < plans.size(); ++i)
-      if (plans[i]) out.results[i] = std::move(plans[i]->result);
+    for (std::size_t i = 0; i < units.size(); ++i) {
+      if (units[i].empty()) continue;
+      std::vector<append_result> unit;
+      for (auto& plan : units[i]) unit.push_back(std::move(plan.result));
+      out.results[i] = std::move(unit);
+    }
     out.commit_sent = true;
     if (auto r = db.exec("COMMIT"); !r) return r.error();
     return {};
@@ -575,7 +584,7 @@ struct postgres_store::impl {
     return r->rows() > 0;
   }
 
-  std::vector<result<append_result>> commit(std::span<group_commit::pending> batch) {
+  std::vector<group_commit::unit_result> commit(std::span<group_commit::pending> batch) {
     error last = error::make(errc::unavailable, "postgres: not connected");
     for (int attempt = 0; attempt < 4; ++attempt) {
       if (!writer || writer->broken()) {
@@ -616,7 +625,7 @@ struct postgres_store::impl {
       writer.reset();  // rolled back: plan and write the batch again on a new connection
       std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
     }
-    std::vector<result<append_result>> out;
+    std::vector<group_commit::unit_result> out;
     for (std::size_t i = 0; i < batch.size(); ++i) out.emplace_back(last);
     return out;
   }
@@ -781,8 +790,8 @@ result<std::unique_ptr<postgres_store>> postgres_store::open(const std::string& 
   return std::unique_ptr<postgres_store>(new postgres_store(std::move(p)));
 }
 
-void postgres_store::submit_append(append_request request, append_callback done) {
-  impl_->committer->enqueue(std::move(request), std::move(done));
+void postgres_store::submit_group(std::vector<append_request> requests, group_callback done) {
+  impl_->committer->enqueue(std::move(requests), std::move(done));
 }
 
 log_position postgres_store::head() {

@@ -54,7 +54,7 @@ class postgres_store final : public event_store {
 
  private:
   explicit postgres_store(std::unique_ptr<impl> p);
-  void submit_append(append_request request, append_callback done) override;
+  void submit_group(std::vector<append_request> requests, group_callback done) override;
   std::unique_ptr<impl> impl_;
 };
 

@@ -323,8 +323,8 @@ struct sqlite_store::impl final : private append_lookup {
     return {};
   }
 
-  std::vector<result<append_result>> commit(std::span<group_commit::pending> batch) {
-    std::vector<result<append_result>> results;
+  std::vector<group_commit::unit_result> commit(std::span<group_commit::pending> batch) {
+    std::vector<group_commit::unit_result> results;
     results.reserve(batch.size());
     const timestamp start_time = last_time;
     log_position next_head = head;
@@ -337,28 +337,37 @@ struct sqlite_store::impl final : private append_lookup {
     if (auto r = writer->exec("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
     last_time = std::max(last_time, clk.now());
     for (auto& p : batch) {
-      auto plan = plan_append(std::move(p.request), *this, next_head, last_time);
-      if (!plan) {
-        results.emplace_back(std::move(plan).error());
+      auto plans = plan_group(std::move(p.requests), *this, next_head, last_time);
+      if (!plans) {
+        results.emplace_back(std::move(plans).error());
         continue;
       }
-      if (plan->replay) {
-        results.emplace_back(std::move(plan->result));
-        continue;
-      }
-      if (auto r = writer->exec("SAVEPOINT one_append"); !r) {
+      // A unit is written under its own savepoint: a failure undoes all of it and
+      // nothing of its neighbours.
+      if (auto r = writer->exec("SAVEPOINT one_unit"); !r) {
         results.emplace_back(r.error());
         continue;
       }
-      if (auto w = write_plan(*plan); !w) {
-        (void)writer->exec("ROLLBACK TO one_append");
-        (void)writer->exec("RELEASE one_append");
-        results.emplace_back(w.error());
+      std::optional<error> failed;
+      for (const auto& plan : *plans)
+        if (!plan.replay)
+          if (auto w = write_plan(plan); !w) {
+            failed = w.error();
+            break;
+          }
+      if (failed) {
+        (void)writer->exec("ROLLBACK TO one_unit");
+        (void)writer->exec("RELEASE one_unit");
+        results.emplace_back(*failed);
         continue;
       }
-      (void)writer->exec("RELEASE one_append");
-      next_head = plan->events.back().position;
-      results.emplace_back(std::move(plan->result));
+      (void)writer->exec("RELEASE one_unit");
+      std::vector<append_result> unit;
+      for (auto& plan : *plans) {
+        if (!plan.replay) next_head = plan.events.back().position;
+        unit.push_back(std::move(plan.result));
+      }
+      results.emplace_back(std::move(unit));
     }
     if (auto r = writer->exec("COMMIT"); !r) {
       error e = r.error();
@@ -437,8 +446,8 @@ result<std::unique_ptr<sqlite_store>> sqlite_store::open(const std::string& path
   return std::unique_ptr<sqlite_store>(new sqlite_store(std::move(p)));
 }
 
-void sqlite_store::submit_append(append_request request, append_callback done) {
-  impl_->committer->enqueue(std::move(request), std::move(done));
+void sqlite_store::submit_group(std::vector<append_request> requests, group_callback done) {
+  impl_->committer->enqueue(std::move(requests), std::move(done));
 }
 
 log_position sqlite_store::head() {
