@@ -77,6 +77,14 @@ result<append_result> event_bus::publish_to(std::string aggregate_id, new_event 
   return publish(std::move(aggregate_id), std::move(e));
 }
 
+result<scheduled_event> event_bus::schedule_event(std::string aggregate_id, new_event e, timestamp publish_at) {
+  scheduled_event entry;
+  entry.request.aggregate_id = std::move(aggregate_id);
+  entry.request.events.push_back(std::move(e));
+  entry.publish_at = publish_at;
+  return store_.schedule(std::move(entry));
+}
+
 void event_bus::schedule(const std::shared_ptr<subscription>& s) {
   if (s->scheduled_.exchange(true)) return;  // already queued or draining: it will look again
   {

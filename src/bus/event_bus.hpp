@@ -67,6 +67,8 @@ class event_bus {
   // the routing key in metadata.routingKey, where filters (routingKeys) see it.
   result<append_result> publish(std::string aggregate_id, new_event e);
   result<append_result> publish_to(std::string aggregate_id, new_event e, std::string routing_key);
+  // scheduleEvent: stored durably, published by a scheduler (bus/scheduler.hpp) when due.
+  result<scheduled_event> schedule_event(std::string aggregate_id, new_event e, timestamp publish_at);
 
   std::function<void(const event&, const std::string& what)> on_handler_error;
 

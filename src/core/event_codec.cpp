@@ -377,6 +377,15 @@ result<pagination> pagination_from_json(const json::value& v, const std::string&
   return p;
 }
 
+json::object to_json(const new_event& e) {
+  json::object o{{"type", e.type}, {"aggregateType", e.aggregate_type}, {"version", e.version},
+                 {"metadata", e.metadata}, {"payload", e.payload}};
+  if (e.id) o["id"] = *e.id;
+  if (e.causation_id) o["causationId"] = *e.causation_id;
+  if (e.correlation_id) o["correlationId"] = *e.correlation_id;
+  return o;
+}
+
 json::object to_json(const append_result& r) {
   json::object o;
   o["aggregateId"] = r.aggregate_id;

@@ -38,6 +38,9 @@ result<event_query> event_query_from_json(const boost::json::value& v, const std
 result<pagination> pagination_from_json(const boost::json::value& v, const std::string& field);
 result<std::size_t> parse_limit(std::string_view text, const std::string& field);
 
+// A NewEvent as JSON (the inverse of new_event_from_json).
+boost::json::object to_json(const new_event& e);
+
 // Responses.
 boost::json::object to_json(const append_result& r);
 boost::json::object to_json(const aggregate_metadata& m);

@@ -44,6 +44,7 @@ struct server_state {
   log_tailer& tailer;
   stream_registry& streams;
   const std::atomic<bool>& stopping;  // shutdown has begun: streams end
+  std::function<result<scheduled_event>(scheduled_event)> schedule;  // the node's scheduler
 };
 
 struct request_context {
@@ -100,6 +101,7 @@ asio::awaitable<reply> handle_aggregates(request_context& ctx);
 asio::awaitable<reply> handle_events(request_context& ctx);
 asio::awaitable<reply> handle_event_stream(request_context& ctx);  // SSE
 asio::awaitable<reply> handle_streams(request_context& ctx);       // GET/DELETE /v1/streams
+asio::awaitable<reply> handle_scheduled(request_context& ctx);     // /v1/scheduled-events
 // Takes over an upgraded connection for GET /v1/stream.
 asio::awaitable<void> run_websocket(server_state& state, beast::tcp_stream stream, request req, std::string client_id);
 

@@ -7,6 +7,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "bus/scheduler.hpp"
 #include "server/http.hpp"
 #include "server/log.hpp"
 #include "server/problem.hpp"
@@ -88,6 +89,7 @@ struct http_server::impl {
   tcp::acceptor acceptor{ioc};
   std::optional<asio::signal_set> signals;
   log_tailer tailer;
+  scheduler fire_scheduled;
   stream_registry streams;
   server_state state;
   std::atomic<bool> stopping{false};
@@ -107,7 +109,9 @@ struct http_server::impl {
   impl(server_config c, event_store& s)
       : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
         tailer(store, log_tailer::options{.poll_interval = cfg.tail_poll_interval}),
-        state{cfg, store, default_access_policy(), workers, tailer, streams, stopping} {}
+        fire_scheduled(store, default_clock(), scheduler::options{}),
+        state{cfg, store, default_access_policy(), workers, tailer, streams, stopping,
+              [this](scheduled_event e) { return fire_scheduled.schedule(std::move(e)); }} {}
 
   asio::awaitable<void> accept_loop() {
     while (!stopping) {
@@ -138,6 +142,7 @@ struct http_server::impl {
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "aggregates") co_return co_await handle_aggregates(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "events") co_return co_await handle_events(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "streams") co_return co_await handle_streams(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "scheduled-events") co_return co_await handle_scheduled(ctx);
     if (s.size() == 2 && s[0] == "v1" && s[1] == "stream")
       co_return problem_reply(error::invalid("Upgrade", "GET /v1/stream is a WebSocket endpoint: send an Upgrade request"));
     co_return problem_reply(error::make(errc::not_found, "no resource at " + std::string(ctx.url.path())));

@@ -24,6 +24,20 @@ namespace pliers {
 
 class clock;
 
+// A scheduled publication (spec scheduleEvent). The event's id is fixed when it is
+// scheduled, so firing it twice (two nodes, a crash between publishing and marking) stores
+// it once: the second append is an idempotent replay.
+struct scheduled_event {
+  std::string id;                 // of the schedule entry (UUID)
+  append_request request;         // one event, its id set
+  timestamp publish_at{};
+  std::string status = "pending";  // pending | published | cancelled | failed
+  timestamp created_at{};
+  std::optional<log_position> position;  // once published
+  std::optional<std::string> last_error;
+  std::int64_t attempts = 0;
+};
+
 class event_store {
  public:
   using append_callback = std::function<void(result<append_result>)>;
@@ -69,6 +83,18 @@ class event_store {
   virtual result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) = 0;
   // The position of the last committed event (0 when the log is empty).
   virtual log_position head() = 0;
+
+  // Scheduled publications. schedule stores a pending entry (the event validated and its
+  // id assigned); claim_due hands out at most `max` pending entries due at `now`, each to
+  // one claimant for `lease` (PostgreSQL: FOR UPDATE SKIP LOCKED); finish_scheduled
+  // records the outcome; cancel_scheduled works on pending entries only (else conflict).
+  virtual result<scheduled_event> schedule(scheduled_event entry) = 0;
+  virtual result<std::vector<scheduled_event>> list_scheduled(std::optional<std::string> status, std::size_t limit) = 0;
+  virtual result<scheduled_event> get_scheduled(std::string_view id) = 0;
+  virtual result<void> cancel_scheduled(std::string_view id) = 0;
+  virtual result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) = 0;
+  virtual result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                        std::optional<std::string> error) = 0;
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is

@@ -477,6 +477,55 @@ TEST_P(StoreConformance, GroupsCommitAllOrNothingAcrossAggregates) {
   EXPECT_FALSE(store_->append_group({}));
 }
 
+TEST_P(StoreConformance, ScheduledPublicationsFireOnceWhenDue) {
+  auto at = [&](std::chrono::seconds from_now, const char* type) {
+    scheduled_event e;
+    e.request = req("sched", {make(type)});
+    e.publish_at = clock_.now() + from_now;
+    return e;
+  };
+  auto first = store_->schedule(at(10s, "t.first"));
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_EQ(first->status, "pending");
+  ASSERT_TRUE(first->request.events[0].id);  // fixed now: firing twice stores it once
+  auto second = store_->schedule(at(20s, "t.second"));
+  auto cancelled = store_->schedule(at(5s, "t.cancelled"));
+  ASSERT_TRUE(second && cancelled);
+  auto bad = at(1s, "t.bad");
+  bad.request.events[0].metadata.erase("sourceSystem");
+  EXPECT_EQ(store_->schedule(bad).error().code, errc::invalid_argument);
+
+  ASSERT_TRUE(store_->cancel_scheduled(cancelled->id));
+  EXPECT_EQ(store_->cancel_scheduled(cancelled->id).error().code, errc::conflict);
+  EXPECT_EQ(store_->cancel_scheduled(new_uuid_v4()).error().code, errc::not_found);
+  EXPECT_TRUE(store_->claim_due(clock_.now(), 10, 30s)->empty());
+  clock_.advance(15s);
+  auto due = store_->claim_due(clock_.now(), 10, 30s);
+  ASSERT_TRUE(due);
+  ASSERT_EQ(due->size(), 1u);
+  EXPECT_EQ(due->front().id, first->id);
+  EXPECT_TRUE(store_->claim_due(clock_.now(), 10, 30s)->empty()) << "a claimed entry was handed out twice";
+  // Fired twice (a second node, or a crash before finish): stored once.
+  auto a = store_->append(due->front().request);
+  auto b = store_->append(due->front().request);
+  ASSERT_TRUE(a && b);
+  EXPECT_TRUE(b->idempotent_replay);
+  ASSERT_TRUE(store_->finish_scheduled(first->id, "published", a->events[0].position, std::nullopt));
+  clock_.advance(40s);  // second is due; the finished one never comes back
+  due = store_->claim_due(clock_.now(), 10, 30s);
+  ASSERT_EQ(due->size(), 1u);
+  EXPECT_EQ(due->front().id, second->id);
+  clock_.advance(31s);  // lease over without a finish: handed out again
+  EXPECT_EQ(store_->claim_due(clock_.now(), 10, 30s)->size(), 1u);
+  auto got = store_->get_scheduled(first->id);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->status, "published");
+  EXPECT_EQ(got->position, a->events[0].position);
+  EXPECT_EQ(store_->list_scheduled(std::string("cancelled"), 10)->size(), 1u);
+  EXPECT_EQ(store_->list_scheduled(std::nullopt, 10)->size(), 3u);
+  EXPECT_EQ(all_events().size(), 1u);
+}
+
 TEST_P(StoreConformance, TimestampsNeverGoBackwards) {
   must_append(req("a", {make("t.one")}));
   clock_.advance(-1h);  // the wall clock steps back

@@ -5,7 +5,10 @@
 
 #include <boost/json.hpp>
 
+#include "core/time_format.hpp"
 #include "core/uuid.hpp"
+
+#include <thread>
 #include "support/fixtures.hpp"
 #include "support/server_process.hpp"
 
@@ -189,6 +192,41 @@ TEST_F(HttpApi, PublishOneAndAnAtomicBatchAcrossAggregates) {
   EXPECT_EQ(json::parse(invalid->body).at("field").as_string(), "events[0].metadata");
 }
 
+TEST_F(HttpApi, ScheduledEventsArePublishedWhenDueAndCanBeCancelled) {
+  auto body = [](const std::string& publish_at, const char* type) {
+    return json::serialize(json::object{{"aggregateId", "sched-1"},
+                                        {"publishAt", publish_at},
+                                        {"event", json::parse(event_json(type, "sched"))}});
+  };
+  auto soon = format_rfc3339(default_clock().now() + std::chrono::milliseconds(300));
+  auto later = format_rfc3339(default_clock().now() + std::chrono::hours(1));
+  auto a = http_->post("/v1/scheduled-events", body(soon, "sched.soon"));
+  ASSERT_EQ(a->status, 201u) << a->body;
+  auto b = http_->post("/v1/scheduled-events", body(later, "sched.later"));
+  ASSERT_EQ(b->status, 201u);
+  auto a_id = std::string(json::parse(a->body).at("id").as_string());
+  auto b_id = std::string(json::parse(b->body).at("id").as_string());
+  EXPECT_EQ(http_->request("DELETE", "/v1/scheduled-events/" + b_id)->status, 204u);
+  EXPECT_EQ(http_->request("DELETE", "/v1/scheduled-events/" + b_id)->status, 409u);
+  json::value entry;
+  for (int i = 0; i < 100; ++i) {
+    entry = get_json("/v1/scheduled-events/" + a_id);
+    if (entry.at("status").as_string() == "published") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(entry.at("status").as_string(), "published");
+  auto events = get_json("/v1/aggregates/sched-1/events").at("events").as_array();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].at("type").as_string(), "sched.soon");
+  EXPECT_EQ(events[0].at("position").as_int64(), entry.at("position").as_int64());
+  EXPECT_EQ(get_json("/v1/scheduled-events?status=cancelled").at("scheduledEvents").as_array().size(), 1u);
+  auto bad = http_->post("/v1/scheduled-events", R"({"aggregateId":"x","publishAt":"tomorrow","event":{}})");
+  EXPECT_EQ(json::parse(bad->body).at("field").as_string(), "publishAt");
+  auto no_meta = http_->post("/v1/scheduled-events",
+                             R"({"aggregateId":"x","publishAt":"2030-01-01","event":{"type":"t","aggregateType":"a","payload":{}}})");
+  EXPECT_EQ(json::parse(no_meta->body).at("field").as_string(), "event.metadata");
+}
+
 TEST_F(HttpApi, UnknownRoutesAndMethods) {
   EXPECT_EQ(http_->get("/v2/nothing")->status, 404u);
   auto r = http_->request("DELETE", "/v1/aggregates/a/events");
@@ -212,6 +250,32 @@ TEST(ServerLifecycle, SigtermDrainsAndExitsZero) {
   again.start();
   auto read = again.client()->get("/v1/aggregates/x/events");
   EXPECT_EQ(json::parse(read->body).at("events").as_array().size(), 1u);
+}
+
+TEST(ServerLifecycle, AnOverdueScheduledEventFiresRightAfterARestart) {
+  temp_dir dir;
+  const std::string store = "sqlite:" + (dir.path() / "e.db").string();
+  {
+    server_process server(store);
+    server.start();
+    auto r = server.client()->post(
+        "/v1/scheduled-events",
+        json::serialize(json::object{{"aggregateId", "overdue"},
+                                     {"publishAt", format_rfc3339(default_clock().now() + std::chrono::milliseconds(600))},
+                                     {"event", json::parse(event_json("sched.overdue", "s"))}}));
+    ASSERT_EQ(r->status, 201u);
+    server.stop(SIGTERM);  // down before it is due
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  server_process again(store);
+  again.start();
+  auto http = again.client();
+  std::size_t n = 0;
+  for (int i = 0; i < 100 && n == 0; ++i) {
+    n = json::parse(http->get("/v1/aggregates/overdue/events")->body).at("events").as_array().size();
+    if (n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(n, 1u);
 }
 
 TEST(ServerLifecycle, BadStartupConfigurationFailsClearly) {

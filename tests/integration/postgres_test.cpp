@@ -133,6 +133,31 @@ TEST_F(Postgres, TwoServerProcessesShareOneGapFreeLog) {
   history.check_log(a.url());
 }
 
+TEST_F(Postgres, TwoServersFireEachScheduledEventOnce) {
+  server_process a(schema_->url());
+  server_process b(schema_->url());
+  a.start();
+  b.start();
+  auto http = a.client();
+  const auto at = format_rfc3339(default_clock().now() + 400ms);
+  for (int i = 0; i < 30; ++i) {
+    auto r = http->post("/v1/scheduled-events",
+                        json::serialize(json::object{{"aggregateId", "sched-" + std::to_string(i % 3)},
+                                                     {"publishAt", at},
+                                                     {"event", json::parse(event_json("sched.fired", "s", {{"i", i}}))}}));
+    ASSERT_EQ(r->status, 201u) << r->body;
+  }
+  json::array published;
+  for (int i = 0; i < 100; ++i) {
+    published = json::parse(b.client()->get("/v1/scheduled-events?status=published")->body).at("scheduledEvents").as_array();
+    if (published.size() == 30) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_EQ(published.size(), 30u);
+  auto all = json::parse(http->get("/v1/events?type=sched.fired&limit=100")->body);
+  EXPECT_EQ(all.at("totalCount").as_int64(), 30) << "a scheduled event was published twice or not at all";
+}
+
 TEST_F(Postgres, PartitionsRollOverAndAreCreatedOnDemand) {
   fake_clock clk(*parse_rfc3339("2025-01-31T23:59:59.500000Z"));
   auto store = open(&clk);

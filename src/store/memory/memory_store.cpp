@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "core/clock.hpp"
+#include "store/scheduled_codec.hpp"
 
 namespace pliers {
 
@@ -133,6 +134,67 @@ result<std::optional<snapshot>> memory_store::get_latest_snapshot(std::string_vi
   auto it = snapshots_.find(std::string(aggregate_id));
   if (it == snapshots_.end() || it->second.empty()) return std::optional<snapshot>();
   return std::optional<snapshot>(it->second.rbegin()->second);
+}
+
+result<scheduled_event> memory_store::schedule(scheduled_event entry) {
+  std::unique_lock lock(mutex_);
+  if (auto ok = prepare_scheduled(entry, clock_.now()); !ok) return std::move(ok).error();
+  if (scheduled_.count(entry.id)) return error::make(errc::conflict, "scheduled entry " + entry.id + " exists");
+  scheduled_[entry.id] = entry;
+  return entry;
+}
+
+result<std::vector<scheduled_event>> memory_store::list_scheduled(std::optional<std::string> status, std::size_t limit) {
+  std::shared_lock lock(mutex_);
+  std::vector<scheduled_event> out;
+  for (const auto& [id, e] : scheduled_)
+    if ((!status || e.status == *status) && out.size() < limit) out.push_back(e);
+  std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.publish_at < b.publish_at; });
+  return out;
+}
+
+result<scheduled_event> memory_store::get_scheduled(std::string_view id) {
+  std::shared_lock lock(mutex_);
+  auto it = scheduled_.find(std::string(id));
+  if (it == scheduled_.end()) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+  return it->second;
+}
+
+result<void> memory_store::cancel_scheduled(std::string_view id) {
+  std::unique_lock lock(mutex_);
+  auto it = scheduled_.find(std::string(id));
+  if (it == scheduled_.end()) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+  if (it->second.status != "pending")
+    return error::make(errc::conflict, "scheduled event " + std::string(id) + " is " + it->second.status);
+  it->second.status = "cancelled";
+  return {};
+}
+
+result<std::vector<scheduled_event>> memory_store::claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) {
+  std::unique_lock lock(mutex_);
+  std::vector<scheduled_event> out;
+  for (auto& [id, e] : scheduled_) {
+    if (out.size() >= max) break;
+    if (e.status != "pending" || e.publish_at > now) continue;
+    auto c = claimed_until_.find(id);
+    if (c != claimed_until_.end() && c->second > now) continue;
+    claimed_until_[id] = now + lease;
+    ++e.attempts;
+    out.push_back(e);
+  }
+  return out;
+}
+
+result<void> memory_store::finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                            std::optional<std::string> err) {
+  std::unique_lock lock(mutex_);
+  auto it = scheduled_.find(std::string(id));
+  if (it == scheduled_.end()) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+  it->second.status = std::move(status);
+  it->second.position = position;
+  it->second.last_error = std::move(err);
+  claimed_until_.erase(it->first);
+  return {};
 }
 
 log_position memory_store::head() {

@@ -25,6 +25,13 @@ class memory_store final : public event_store, private append_lookup {
   result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
   result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
   log_position head() override;
+  result<scheduled_event> schedule(scheduled_event entry) override;
+  result<std::vector<scheduled_event>> list_scheduled(std::optional<std::string> status, std::size_t limit) override;
+  result<scheduled_event> get_scheduled(std::string_view id) override;
+  result<void> cancel_scheduled(std::string_view id) override;
+  result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) override;
+  result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                std::optional<std::string> error) override;
 
  private:
   void submit_group(std::vector<append_request> requests, group_callback done) override;
@@ -43,6 +50,8 @@ class memory_store final : public event_store, private append_lookup {
   std::unordered_map<std::string, aggregate> aggregates_;
   std::unordered_map<std::string, std::map<std::int64_t, snapshot>> snapshots_;
   timestamp last_time_{};
+  std::map<std::string, scheduled_event> scheduled_;
+  std::map<std::string, timestamp> claimed_until_;
 };
 
 }  // namespace pliers

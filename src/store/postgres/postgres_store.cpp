@@ -11,9 +11,11 @@
 
 #include "core/clock.hpp"
 #include "core/time_format.hpp"
+#include "core/uuid.hpp"
 #include "store/append_planner.hpp"
 #include "store/group_commit.hpp"
 #include "store/postgres/pg_db.hpp"
+#include "store/scheduled_codec.hpp"
 
 namespace pliers {
 
@@ -92,6 +94,25 @@ CREATE TABLE pliers_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
          json_index + "');\n";
   return sql;
 }
+
+constexpr const char* migration_2 = R"sql(
+CREATE TABLE scheduled_events (
+  id UUID PRIMARY KEY,
+  publish_at TIMESTAMPTZ NOT NULL,
+  request TEXT NOT NULL,            -- {"aggregateId", "expectedVersion", "event"}
+  status TEXT NOT NULL,             -- pending | published | cancelled | failed
+  created_at TIMESTAMPTZ NOT NULL,
+  claimed_until TIMESTAMPTZ,
+  position BIGINT,
+  last_error TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX idx_scheduled_due ON scheduled_events (publish_at) WHERE status = 'pending';
+)sql";
+
+constexpr const char* scheduled_columns =
+    "id, (EXTRACT(EPOCH FROM publish_at) * 1000000)::bigint, request, status, "
+    "(EXTRACT(EPOCH FROM created_at) * 1000000)::bigint, position, last_error, attempts";
 
 // Period boundaries in UTC.
 timestamp period_start(timestamp t, const std::string& strategy) {
@@ -734,13 +755,17 @@ result<void> run_migrations(connection& db, const store_options& o) {
     auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
     if (!applied) return std::move(applied).error();
     const auto version = applied->int64(0, 0);
-    constexpr std::int64_t known = 1;
+    constexpr std::int64_t known = 2;
     if (version > known)
       return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
                                                 " is newer than this server knows (" + std::to_string(known) + ")");
     if (version < 1) {
       if (auto r = db.exec(migration_1(o.partition_strategy, o.json_index)); !r) return std::move(r).error();
       if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (1)"); !r) return std::move(r).error();
+    }
+    if (version < 2) {
+      if (auto r = db.exec(migration_2); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (2)"); !r) return std::move(r).error();
     }
     return {};
   };
@@ -972,6 +997,102 @@ result<std::optional<snapshot>> postgres_store::get_latest_snapshot(std::string_
     s.data = std::move(*data);
     s.created_at = from_micros(r->int64(0, 3));
     return std::optional<snapshot>(std::move(s));
+  });
+}
+
+namespace {
+
+result<std::vector<scheduled_event>> rows_to_scheduled(const pg::query_result& r) {
+  std::vector<scheduled_event> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    scheduled_event e;
+    e.id = r.text(i, 0);
+    e.publish_at = from_micros(r.int64(i, 1));
+    auto req = decode_scheduled_request(r.text(i, 2));
+    if (!req) return std::move(req).error();
+    e.request = std::move(*req);
+    e.status = r.text(i, 3);
+    e.created_at = from_micros(r.int64(i, 4));
+    if (!r.is_null(i, 5)) e.position = log_position(r.int64(i, 5));
+    if (!r.is_null(i, 6)) e.last_error = std::string(r.text(i, 6));
+    e.attempts = r.int64(i, 7);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace
+
+result<scheduled_event> postgres_store::schedule(scheduled_event entry) {
+  if (auto ok = prepare_scheduled(entry, impl_->clk.now()); !ok) return std::move(ok).error();
+  return impl_->with_reader([&](connection& db) -> result<scheduled_event> {
+    auto r = db.exec("INSERT INTO scheduled_events (id, publish_at, request, status, created_at) "
+                     "VALUES ($1::uuid, $2::timestamptz, $3, $4, $5::timestamptz)",
+                     {entry.id, format_rfc3339(entry.publish_at), encode_scheduled_request(entry.request), entry.status,
+                      format_rfc3339(entry.created_at)});
+    if (!r) return std::move(r).error();
+    return entry;
+  });
+}
+
+result<std::vector<scheduled_event>> postgres_store::list_scheduled(std::optional<std::string> status, std::size_t limit) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<scheduled_event>> {
+    auto r = db.exec(std::string("SELECT ") + scheduled_columns +
+                         " FROM scheduled_events WHERE ($1::text IS NULL OR status = $1) ORDER BY publish_at LIMIT $2",
+                     {status, std::to_string(limit)});
+    if (!r) return std::move(r).error();
+    return rows_to_scheduled(*r);
+  });
+}
+
+result<scheduled_event> postgres_store::get_scheduled(std::string_view id) {
+  if (!is_uuid(id)) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+  return impl_->with_reader([&](connection& db) -> result<scheduled_event> {
+    auto r = db.exec(std::string("SELECT ") + scheduled_columns + " FROM scheduled_events WHERE id = $1::uuid",
+                     {std::string(id)});
+    if (!r) return std::move(r).error();
+    auto rows = rows_to_scheduled(*r);
+    if (!rows) return std::move(rows).error();
+    if (rows->empty()) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+    return std::move(rows->front());
+  });
+}
+
+result<void> postgres_store::cancel_scheduled(std::string_view id) {
+  auto current = get_scheduled(id);
+  if (!current) return std::move(current).error();
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    auto r = db.exec("UPDATE scheduled_events SET status = 'cancelled' WHERE id = $1::uuid AND status = 'pending' RETURNING id",
+                     {std::string(id)});
+    if (!r) return std::move(r).error();
+    if (r->rows() == 0) return error::make(errc::conflict, "scheduled event " + std::string(id) + " is " + current->status);
+    return {};
+  });
+}
+
+// Several nodes may claim at once: SKIP LOCKED hands each due entry to one of them.
+result<std::vector<scheduled_event>> postgres_store::claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<scheduled_event>> {
+    auto r = db.exec(std::string("UPDATE scheduled_events SET claimed_until = $1::timestamptz, attempts = attempts + 1 "
+                                 "WHERE id IN (SELECT id FROM scheduled_events WHERE status = 'pending' AND "
+                                 "publish_at <= $2::timestamptz AND (claimed_until IS NULL OR claimed_until < $2::timestamptz) "
+                                 "ORDER BY publish_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ") +
+                         scheduled_columns,
+                     {format_rfc3339(now + lease), format_rfc3339(now), std::to_string(max)});
+    if (!r) return std::move(r).error();
+    return rows_to_scheduled(*r);
+  });
+}
+
+result<void> postgres_store::finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                              std::optional<std::string> err) {
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    auto r = db.exec("UPDATE scheduled_events SET status = $1, position = $2::bigint, last_error = $3, claimed_until = NULL "
+                     "WHERE id = $4::uuid",
+                     {status, position ? std::optional<std::string>(std::to_string(position->value)) : std::nullopt, err,
+                      std::string(id)});
+    if (!r) return std::move(r).error();
+    return {};
   });
 }
 

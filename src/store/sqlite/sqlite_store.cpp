@@ -22,6 +22,7 @@
 #include "core/clock.hpp"
 #include "store/append_planner.hpp"
 #include "store/group_commit.hpp"
+#include "store/scheduled_codec.hpp"
 #include "store/sqlite/sqlite_db.hpp"
 
 namespace pliers {
@@ -71,7 +72,23 @@ CREATE TABLE snapshots (
   PRIMARY KEY (aggregate_id, sequence_number)
 ) WITHOUT ROWID;
 )sql",
+    R"sql(
+CREATE TABLE scheduled_events (
+  id TEXT PRIMARY KEY,
+  publish_at INTEGER NOT NULL,
+  request TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  claimed_until INTEGER,
+  position INTEGER,
+  last_error TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX idx_scheduled_due ON scheduled_events (status, publish_at);
+)sql",
 };
+
+constexpr const char* scheduled_columns = "id, publish_at, request, status, created_at, position, last_error, attempts";
 
 constexpr const char* event_columns =
     "position, id, type, version, timestamp, aggregate_id, aggregate_type, sequence_number, causation_id, "
@@ -103,6 +120,27 @@ result<event> row_to_event(const statement& st) {
   e.metadata = std::move(*md);
   e.payload = std::move(*pl);
   return e;
+}
+
+result<std::vector<scheduled_event>> collect_scheduled(connection& db, statement& st) {
+  std::vector<scheduled_event> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    scheduled_event e;
+    e.id = st.text(0);
+    e.publish_at = from_micros(st.int64(1));
+    auto req = decode_scheduled_request(st.text(2));
+    if (!req) return std::move(req).error();
+    e.request = std::move(*req);
+    e.status = st.text(3);
+    e.created_at = from_micros(st.int64(4));
+    if (!st.is_null(5)) e.position = log_position(st.int64(5));
+    if (!st.is_null(6)) e.last_error = std::string(st.text(6));
+    e.attempts = st.int64(7);
+    out.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE) return db.last_error("scheduled events");
+  return out;
 }
 
 // Steps a statement selecting event_columns to the end.
@@ -614,6 +652,87 @@ result<std::optional<snapshot>> sqlite_store::get_latest_snapshot(std::string_vi
   s.data = std::move(*data);
   s.created_at = from_micros(st->int64(3));
   return std::optional<snapshot>(std::move(s));
+}
+
+}  // namespace pliers
+
+namespace pliers {
+
+// Scheduled entries are not events: they go through a reader connection in a write
+// transaction of their own, like snapshots.
+result<scheduled_event> sqlite_store::schedule(scheduled_event entry) {
+  if (auto ok = prepare_scheduled(entry, impl_->clk.now()); !ok) return std::move(ok).error();
+  auto db = impl_->reader();
+  auto st = db->prepare("INSERT INTO scheduled_events (id, publish_at, request, status, created_at) VALUES (?, ?, ?, ?, ?)");
+  if (!st) return std::move(st).error();
+  const auto text = encode_scheduled_request(entry.request);
+  st->bind(1, std::string_view(entry.id)).bind(2, to_micros(entry.publish_at)).bind(3, std::string_view(text));
+  st->bind(4, std::string_view(entry.status)).bind(5, to_micros(entry.created_at));
+  if (st->step() != SQLITE_DONE) {
+    auto e = db->last_error("schedule");
+    if ((sqlite3_extended_errcode(db->handle()) & 0xff) == SQLITE_CONSTRAINT)
+      return error::make(errc::conflict, "scheduled entry " + entry.id + " exists");
+    return e;
+  }
+  return entry;
+}
+
+result<std::vector<scheduled_event>> sqlite_store::list_scheduled(std::optional<std::string> status, std::size_t limit) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + scheduled_columns +
+                        " FROM scheduled_events WHERE (?1 IS NULL OR status = ?1) ORDER BY publish_at LIMIT ?2");
+  if (!st) return std::move(st).error();
+  st->bind(1, status).bind(2, static_cast<std::int64_t>(limit));
+  return collect_scheduled(*db, *st);
+}
+
+result<scheduled_event> sqlite_store::get_scheduled(std::string_view id) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + scheduled_columns + " FROM scheduled_events WHERE id = ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, id);
+  auto rows = collect_scheduled(*db, *st);
+  if (!rows) return std::move(rows).error();
+  if (rows->empty()) return error::make(errc::not_found, "no scheduled event " + std::string(id));
+  return std::move(rows->front());
+}
+
+result<void> sqlite_store::cancel_scheduled(std::string_view id) {
+  auto current = get_scheduled(id);
+  if (!current) return std::move(current).error();
+  auto db = impl_->reader();
+  auto st = db->prepare("UPDATE scheduled_events SET status = 'cancelled' WHERE id = ? AND status = 'pending'");
+  if (!st) return std::move(st).error();
+  st->bind(1, id);
+  if (st->step() != SQLITE_DONE) return db->last_error("cancel scheduled");
+  if (sqlite3_changes(db->handle()) == 0)
+    return error::make(errc::conflict, "scheduled event " + std::string(id) + " is " + current->status);
+  return {};
+}
+
+result<std::vector<scheduled_event>> sqlite_store::claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("UPDATE scheduled_events SET claimed_until = ?1, attempts = attempts + 1 "
+                                    "WHERE id IN (SELECT id FROM scheduled_events WHERE status = 'pending' AND "
+                                    "publish_at <= ?2 AND (claimed_until IS NULL OR claimed_until < ?2) "
+                                    "ORDER BY publish_at LIMIT ?3) RETURNING ") +
+                        scheduled_columns);
+  if (!st) return std::move(st).error();
+  st->bind(1, to_micros(now + lease)).bind(2, to_micros(now)).bind(3, static_cast<std::int64_t>(max));
+  return collect_scheduled(*db, *st);
+}
+
+result<void> sqlite_store::finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                            std::optional<std::string> err) {
+  auto db = impl_->reader();
+  auto st = db->prepare(
+      "UPDATE scheduled_events SET status = ?, position = ?, last_error = ?, claimed_until = NULL WHERE id = ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, std::string_view(status));
+  if (position) st->bind(2, position->value);
+  st->bind(3, err).bind(4, id);
+  if (st->step() != SQLITE_DONE) return db->last_error("finish scheduled");
+  return {};
 }
 
 }  // namespace pliers

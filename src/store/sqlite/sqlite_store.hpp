@@ -28,6 +28,13 @@ class sqlite_store final : public event_store {
   result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
   result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
   log_position head() override;
+  result<scheduled_event> schedule(scheduled_event entry) override;
+  result<std::vector<scheduled_event>> list_scheduled(std::optional<std::string> status, std::size_t limit) override;
+  result<scheduled_event> get_scheduled(std::string_view id) override;
+  result<void> cancel_scheduled(std::string_view id) override;
+  result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) override;
+  result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
+                                std::optional<std::string> error) override;
 
   struct impl;
 
