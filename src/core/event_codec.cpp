@@ -86,22 +86,6 @@ std::optional<std::int64_t> as_int64(const json::value& v) {
   return std::nullopt;
 }
 
-result<std::vector<std::string>> string_list(const json::value& v, const std::string& field) {
-  std::vector<std::string> out;
-  if (v.is_string()) {
-    out.emplace_back(v.get_string());
-    return out;
-  }
-  if (!v.is_array()) return error::invalid(field, "must be an array of strings");
-  const auto& a = v.get_array();
-  if (a.size() > 1000) return error::invalid(field, "more than 1000 entries");
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!a[i].is_string()) return error::invalid(field + "[" + std::to_string(i) + "]", "must be a string");
-    out.emplace_back(a[i].get_string());
-  }
-  return out;
-}
-
 result<std::optional<timestamp>> time_member(const json::object& o, std::string_view key, const std::string& field) {
   const auto* v = o.if_contains(key);
   if (!v || v->is_null()) return std::optional<timestamp>();
@@ -131,6 +115,22 @@ result<std::vector<json_query>> json_queries(const json::value& v, const std::st
 }
 
 }  // namespace
+
+result<std::vector<std::string>> string_list(const json::value& v, const std::string& field) {
+  std::vector<std::string> out;
+  if (v.is_string()) {
+    out.emplace_back(v.get_string());
+    return out;
+  }
+  if (!v.is_array()) return error::invalid(field, "must be an array of strings");
+  const auto& a = v.get_array();
+  if (a.size() > 1000) return error::invalid(field, "more than 1000 entries");
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].is_string()) return error::invalid(field + "[" + std::to_string(i) + "]", "must be a string");
+    out.emplace_back(a[i].get_string());
+  }
+  return out;
+}
 
 void write_event_json(std::string& out, const event& e) {
   out += "{\"id\":";

@@ -47,6 +47,9 @@ boost::json::object to_json(const aggregate_metadata& m);
 boost::json::object to_json(const snapshot& s);
 void write_query_result_json(std::string& out, const query_result& r);
 
+// A string or an array of at most 1000 strings, as a list; errors name `field`.
+result<std::vector<std::string>> string_list(const boost::json::value& v, const std::string& field);
+
 // Escapes s as a JSON string literal (with quotes) onto out.
 void append_json_string(std::string& out, std::string_view s);
 

@@ -6,6 +6,7 @@
 #include <boost/json.hpp>
 #include <variant>
 
+#include "core/event_codec.hpp"
 #include "core/time_format.hpp"
 
 namespace pliers {
@@ -241,21 +242,6 @@ result<std::vector<std::pair<json_path, json::value>>> equality_map(const json::
   return out;
 }
 
-result<std::vector<std::string>> strings(const json::value& v, const std::string& field) {
-  std::vector<std::string> out;
-  if (v.is_string()) {
-    out.emplace_back(v.get_string());
-    return out;
-  }
-  if (!v.is_array()) return error::invalid(field, "must be an array of strings");
-  if (v.get_array().size() > 1000) return error::invalid(field, "more than 1000 entries");
-  for (std::size_t i = 0; i < v.get_array().size(); ++i) {
-    if (!v.get_array()[i].is_string()) return error::invalid(field + "[" + std::to_string(i) + "]", "must be a string");
-    out.emplace_back(v.get_array()[i].get_string());
-  }
-  return out;
-}
-
 }  // namespace
 
 result<condition> condition::from_json(const json::value& v, const std::string& field, int depth) {
@@ -280,7 +266,7 @@ result<event_filter> event_filter::from_json(const json::value& v, const std::st
     const auto& val = kv.value();
     if (val.is_null()) continue;
     if (key == "eventTypes") {
-      auto list = strings(val, path);
+      auto list = string_list(val, path);
       if (!list) return std::move(list).error();
       for (std::size_t i = 0; i < list->size(); ++i) {
         auto p = type_pattern::parse((*list)[i], path + "[" + std::to_string(i) + "]");
@@ -288,7 +274,7 @@ result<event_filter> event_filter::from_json(const json::value& v, const std::st
         f.event_types.push_back(std::move(*p));
       }
     } else if (key == "aggregateTypes" || key == "aggregateIds" || key == "routingKeys") {
-      auto list = strings(val, path);
+      auto list = string_list(val, path);
       if (!list) return std::move(list).error();
       (key == "aggregateTypes" ? f.aggregate_types : key == "aggregateIds" ? f.aggregate_ids : f.routing_keys) =
           std::move(*list);
