@@ -38,6 +38,15 @@ struct scheduled_event {
   std::int64_t attempts = 0;
 };
 
+// A partition of a consumer group (durable named subscription): events whose aggregate
+// hashes to it are processed by its owner, in order, from its checkpoint.
+struct group_partition {
+  int partition = 0;
+  std::optional<std::string> owner;  // a consumer id while leased
+  timestamp lease_until{};
+  log_position checkpoint{};          // every event up to here is processed
+};
+
 class event_store {
  public:
   using append_callback = std::function<void(result<append_result>)>;
@@ -95,6 +104,25 @@ class event_store {
   virtual result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) = 0;
   virtual result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
                                         std::optional<std::string> error) = 0;
+
+  // Consumer groups. group_sync records the member's heartbeat, creates the group's
+  // partitions (checkpoint `start`) on first use, and returns the members seen within
+  // `ttl` (sorted) and the partitions. group_claim takes a partition that is free, expired
+  // or already the member's (renewing the lease); group_checkpoint stores progress only
+  // while the member owns the partition (false: it was lost); group_release frees one;
+  // group_leave frees all of the member's and forgets it.
+  struct group_view {
+    std::vector<std::string> members;
+    std::vector<group_partition> partitions;
+  };
+  virtual result<group_view> group_sync(std::string_view group, std::string_view member, int partitions,
+                                        log_position start, timestamp now, std::chrono::milliseconds ttl) = 0;
+  virtual result<bool> group_claim(std::string_view group, int partition, std::string_view member, timestamp now,
+                                   std::chrono::milliseconds ttl) = 0;
+  virtual result<bool> group_checkpoint(std::string_view group, int partition, std::string_view member,
+                                        log_position position) = 0;
+  virtual result<void> group_release(std::string_view group, int partition, std::string_view member) = 0;
+  virtual result<void> group_leave(std::string_view group, std::string_view member) = 0;
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is

@@ -197,6 +197,64 @@ result<void> memory_store::finish_scheduled(std::string_view id, std::string sta
   return {};
 }
 
+result<event_store::group_view> memory_store::group_sync(std::string_view name, std::string_view member, int partitions,
+                                                        log_position start, timestamp now, std::chrono::milliseconds ttl) {
+  std::unique_lock lock(mutex_);
+  auto& g = groups_[std::string(name)];
+  if (g.partitions.empty())
+    for (int p = 0; p < partitions; ++p) g.partitions.push_back({p, std::nullopt, timestamp{}, start});
+  g.heartbeats[std::string(member)] = now;
+  group_view view;
+  for (const auto& [m, seen] : g.heartbeats)
+    if (seen + ttl >= now) view.members.push_back(m);
+  view.partitions = g.partitions;
+  return view;
+}
+
+result<bool> memory_store::group_claim(std::string_view name, int partition, std::string_view member, timestamp now,
+                                       std::chrono::milliseconds ttl) {
+  std::unique_lock lock(mutex_);
+  auto it = groups_.find(name);
+  if (it == groups_.end() || partition < 0 || partition >= static_cast<int>(it->second.partitions.size()))
+    return error::make(errc::not_found, "no such group partition");
+  auto& p = it->second.partitions[static_cast<std::size_t>(partition)];
+  if (p.owner && *p.owner != member && p.lease_until >= now) return false;
+  p.owner = std::string(member);
+  p.lease_until = now + ttl;
+  return true;
+}
+
+result<bool> memory_store::group_checkpoint(std::string_view name, int partition, std::string_view member,
+                                            log_position position) {
+  std::unique_lock lock(mutex_);
+  auto it = groups_.find(name);
+  if (it == groups_.end() || partition < 0 || partition >= static_cast<int>(it->second.partitions.size()))
+    return error::make(errc::not_found, "no such group partition");
+  auto& p = it->second.partitions[static_cast<std::size_t>(partition)];
+  if (p.owner != std::optional<std::string>(std::string(member))) return false;
+  p.checkpoint = std::max(p.checkpoint, position);
+  return true;
+}
+
+result<void> memory_store::group_release(std::string_view name, int partition, std::string_view member) {
+  std::unique_lock lock(mutex_);
+  auto it = groups_.find(name);
+  if (it == groups_.end() || partition < 0 || partition >= static_cast<int>(it->second.partitions.size())) return {};
+  auto& p = it->second.partitions[static_cast<std::size_t>(partition)];
+  if (p.owner == std::optional<std::string>(std::string(member))) p.owner.reset();
+  return {};
+}
+
+result<void> memory_store::group_leave(std::string_view name, std::string_view member) {
+  std::unique_lock lock(mutex_);
+  auto it = groups_.find(name);
+  if (it == groups_.end()) return {};
+  it->second.heartbeats.erase(std::string(member));
+  for (auto& p : it->second.partitions)
+    if (p.owner == std::optional<std::string>(std::string(member))) p.owner.reset();
+  return {};
+}
+
 log_position memory_store::head() {
   std::shared_lock lock(mutex_);
   return log_position(static_cast<std::int64_t>(log_.size()));

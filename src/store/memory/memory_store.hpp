@@ -25,6 +25,14 @@ class memory_store final : public event_store, private append_lookup {
   result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
   result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
   log_position head() override;
+  result<group_view> group_sync(std::string_view group, std::string_view member, int partitions, log_position start,
+                                timestamp now, std::chrono::milliseconds ttl) override;
+  result<bool> group_claim(std::string_view group, int partition, std::string_view member, timestamp now,
+                           std::chrono::milliseconds ttl) override;
+  result<bool> group_checkpoint(std::string_view group, int partition, std::string_view member,
+                                log_position position) override;
+  result<void> group_release(std::string_view group, int partition, std::string_view member) override;
+  result<void> group_leave(std::string_view group, std::string_view member) override;
   result<scheduled_event> schedule(scheduled_event entry) override;
   result<std::vector<scheduled_event>> list_scheduled(std::optional<std::string> status, std::size_t limit) override;
   result<scheduled_event> get_scheduled(std::string_view id) override;
@@ -52,6 +60,11 @@ class memory_store final : public event_store, private append_lookup {
   timestamp last_time_{};
   std::map<std::string, scheduled_event> scheduled_;
   std::map<std::string, timestamp> claimed_until_;
+  struct group {
+    std::map<std::string, timestamp> heartbeats;
+    std::vector<group_partition> partitions;
+  };
+  std::map<std::string, group, std::less<>> groups_;
 };
 
 }  // namespace pliers

@@ -110,6 +110,23 @@ CREATE TABLE scheduled_events (
 CREATE INDEX idx_scheduled_due ON scheduled_events (publish_at) WHERE status = 'pending';
 )sql";
 
+constexpr const char* migration_3 = R"sql(
+CREATE TABLE consumer_group_members (
+  group_name TEXT NOT NULL,
+  member TEXT NOT NULL,
+  heartbeat TIMESTAMPTZ NOT NULL,
+  PRIMARY KEY (group_name, member)
+);
+CREATE TABLE consumer_group_partitions (
+  group_name TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  owner TEXT,
+  lease_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+  checkpoint BIGINT NOT NULL,
+  PRIMARY KEY (group_name, partition)
+);
+)sql";
+
 constexpr const char* scheduled_columns =
     "id, (EXTRACT(EPOCH FROM publish_at) * 1000000)::bigint, request, status, "
     "(EXTRACT(EPOCH FROM created_at) * 1000000)::bigint, position, last_error, attempts";
@@ -755,7 +772,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
     auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
     if (!applied) return std::move(applied).error();
     const auto version = applied->int64(0, 0);
-    constexpr std::int64_t known = 2;
+    constexpr std::int64_t known = 3;
     if (version > known)
       return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
                                                 " is newer than this server knows (" + std::to_string(known) + ")");
@@ -766,6 +783,10 @@ result<void> run_migrations(connection& db, const store_options& o) {
     if (version < 2) {
       if (auto r = db.exec(migration_2); !r) return std::move(r).error();
       if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (2)"); !r) return std::move(r).error();
+    }
+    if (version < 3) {
+      if (auto r = db.exec(migration_3); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (3)"); !r) return std::move(r).error();
     }
     return {};
   };
@@ -1091,6 +1112,87 @@ result<void> postgres_store::finish_scheduled(std::string_view id, std::string s
                      "WHERE id = $4::uuid",
                      {status, position ? std::optional<std::string>(std::to_string(position->value)) : std::nullopt, err,
                       std::string(id)});
+    if (!r) return std::move(r).error();
+    return {};
+  });
+}
+
+result<event_store::group_view> postgres_store::group_sync(std::string_view group, std::string_view member, int partitions,
+                                                          log_position start, timestamp now, std::chrono::milliseconds ttl) {
+  return impl_->with_reader([&](connection& db) -> result<group_view> {
+    const std::string g(group);
+    if (auto r = db.exec("INSERT INTO consumer_group_members (group_name, member, heartbeat) VALUES ($1, $2, $3::timestamptz) "
+                         "ON CONFLICT (group_name, member) DO UPDATE SET heartbeat = excluded.heartbeat",
+                         {g, std::string(member), format_rfc3339(now)});
+        !r)
+      return std::move(r).error();
+    if (auto r = db.exec("INSERT INTO consumer_group_partitions (group_name, partition, checkpoint) "
+                         "SELECT $1, p, $3 FROM generate_series(0, $2::int - 1) AS p ON CONFLICT DO NOTHING",
+                         {g, std::to_string(partitions), std::to_string(start.value)});
+        !r)
+      return std::move(r).error();
+    group_view view;
+    auto members = db.exec("SELECT member FROM consumer_group_members WHERE group_name = $1 AND heartbeat >= $2::timestamptz "
+                           "ORDER BY member COLLATE \"C\"",
+                           {g, format_rfc3339(now - std::chrono::duration_cast<std::chrono::microseconds>(ttl))});
+    if (!members) return std::move(members).error();
+    for (int i = 0; i < members->rows(); ++i) view.members.emplace_back(members->text(i, 0));
+    auto parts = db.exec("SELECT partition, owner, (EXTRACT(EPOCH FROM GREATEST(lease_until, 'epoch')) * 1000000)::bigint, "
+                         "checkpoint FROM consumer_group_partitions WHERE group_name = $1 ORDER BY partition",
+                         {g});
+    if (!parts) return std::move(parts).error();
+    for (int i = 0; i < parts->rows(); ++i) {
+      group_partition gp;
+      gp.partition = static_cast<int>(parts->int64(i, 0));
+      if (!parts->is_null(i, 1)) gp.owner = std::string(parts->text(i, 1));
+      gp.lease_until = from_micros(parts->int64(i, 2));
+      gp.checkpoint = log_position(parts->int64(i, 3));
+      view.partitions.push_back(std::move(gp));
+    }
+    return view;
+  });
+}
+
+result<bool> postgres_store::group_claim(std::string_view group, int partition, std::string_view member, timestamp now,
+                                         std::chrono::milliseconds ttl) {
+  return impl_->with_reader([&](connection& db) -> result<bool> {
+    auto r = db.exec("UPDATE consumer_group_partitions SET owner = $3, lease_until = $4::timestamptz WHERE group_name = $1 "
+                     "AND partition = $2 AND (owner IS NULL OR owner = $3 OR lease_until < $5::timestamptz) RETURNING 1",
+                     {std::string(group), std::to_string(partition), std::string(member),
+                      format_rfc3339(now + std::chrono::duration_cast<std::chrono::microseconds>(ttl)), format_rfc3339(now)});
+    if (!r) return std::move(r).error();
+    return r->rows() > 0;
+  });
+}
+
+result<bool> postgres_store::group_checkpoint(std::string_view group, int partition, std::string_view member,
+                                              log_position position) {
+  return impl_->with_reader([&](connection& db) -> result<bool> {
+    auto r = db.exec("UPDATE consumer_group_partitions SET checkpoint = GREATEST(checkpoint, $4) WHERE group_name = $1 AND "
+                     "partition = $2 AND owner = $3 RETURNING 1",
+                     {std::string(group), std::to_string(partition), std::string(member), std::to_string(position.value)});
+    if (!r) return std::move(r).error();
+    return r->rows() > 0;
+  });
+}
+
+result<void> postgres_store::group_release(std::string_view group, int partition, std::string_view member) {
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    auto r = db.exec("UPDATE consumer_group_partitions SET owner = NULL WHERE group_name = $1 AND partition = $2 AND owner = $3",
+                     {std::string(group), std::to_string(partition), std::string(member)});
+    if (!r) return std::move(r).error();
+    return {};
+  });
+}
+
+result<void> postgres_store::group_leave(std::string_view group, std::string_view member) {
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    if (auto r = db.exec("UPDATE consumer_group_partitions SET owner = NULL WHERE group_name = $1 AND owner = $2",
+                         {std::string(group), std::string(member)});
+        !r)
+      return std::move(r).error();
+    auto r = db.exec("DELETE FROM consumer_group_members WHERE group_name = $1 AND member = $2",
+                     {std::string(group), std::string(member)});
     if (!r) return std::move(r).error();
     return {};
   });

@@ -86,6 +86,22 @@ CREATE TABLE scheduled_events (
 ) WITHOUT ROWID;
 CREATE INDEX idx_scheduled_due ON scheduled_events (status, publish_at);
 )sql",
+    R"sql(
+CREATE TABLE consumer_group_members (
+  group_name TEXT NOT NULL,
+  member TEXT NOT NULL,
+  heartbeat INTEGER NOT NULL,
+  PRIMARY KEY (group_name, member)
+) WITHOUT ROWID;
+CREATE TABLE consumer_group_partitions (
+  group_name TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  owner TEXT,
+  lease_until INTEGER NOT NULL DEFAULT 0,
+  checkpoint INTEGER NOT NULL,
+  PRIMARY KEY (group_name, partition)
+) WITHOUT ROWID;
+)sql",
 };
 
 constexpr const char* scheduled_columns = "id, publish_at, request, status, created_at, position, last_error, attempts";
@@ -732,6 +748,102 @@ result<void> sqlite_store::finish_scheduled(std::string_view id, std::string sta
   if (position) st->bind(2, position->value);
   st->bind(3, err).bind(4, id);
   if (st->step() != SQLITE_DONE) return db->last_error("finish scheduled");
+  return {};
+}
+
+}  // namespace pliers
+
+namespace pliers {
+
+result<event_store::group_view> sqlite_store::group_sync(std::string_view group, std::string_view member, int partitions,
+                                                        log_position start, timestamp now, std::chrono::milliseconds ttl) {
+  auto db = impl_->reader();
+  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
+  bool committed = false;
+  struct end_txn {
+    connection& c;
+    bool& done;
+    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
+  } guard{*db, committed};
+  {
+    auto st = db->prepare("INSERT INTO consumer_group_members (group_name, member, heartbeat) VALUES (?1, ?2, ?3) "
+                          "ON CONFLICT (group_name, member) DO UPDATE SET heartbeat = excluded.heartbeat");
+    if (!st) return std::move(st).error();
+    st->bind(1, group).bind(2, member).bind(3, to_micros(now));
+    if (st->step() != SQLITE_DONE) return db->last_error("group heartbeat");
+  }
+  for (int p = 0; p < partitions; ++p) {
+    auto st = db->prepare("INSERT OR IGNORE INTO consumer_group_partitions (group_name, partition, checkpoint) VALUES (?, ?, ?)");
+    if (!st) return std::move(st).error();
+    st->bind(1, group).bind(2, std::int64_t{p}).bind(3, start.value);
+    if (st->step() != SQLITE_DONE) return db->last_error("group partitions");
+  }
+  group_view view;
+  {
+    auto st = db->prepare("SELECT member FROM consumer_group_members WHERE group_name = ? AND heartbeat >= ? ORDER BY member");
+    if (!st) return std::move(st).error();
+    st->bind(1, group).bind(2, to_micros(now) - std::chrono::duration_cast<std::chrono::microseconds>(ttl).count());
+    while (st->step() == SQLITE_ROW) view.members.emplace_back(st->text(0));
+  }
+  {
+    auto st = db->prepare("SELECT partition, owner, lease_until, checkpoint FROM consumer_group_partitions "
+                          "WHERE group_name = ? ORDER BY partition");
+    if (!st) return std::move(st).error();
+    st->bind(1, group);
+    while (st->step() == SQLITE_ROW) {
+      group_partition gp;
+      gp.partition = static_cast<int>(st->int64(0));
+      if (!st->is_null(1)) gp.owner = std::string(st->text(1));
+      gp.lease_until = from_micros(st->int64(2));
+      gp.checkpoint = log_position(st->int64(3));
+      view.partitions.push_back(std::move(gp));
+    }
+  }
+  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
+  committed = true;
+  return view;
+}
+
+result<bool> sqlite_store::group_claim(std::string_view group, int partition, std::string_view member, timestamp now,
+                                       std::chrono::milliseconds ttl) {
+  auto db = impl_->reader();
+  auto st = db->prepare("UPDATE consumer_group_partitions SET owner = ?3, lease_until = ?4 WHERE group_name = ?1 AND "
+                        "partition = ?2 AND (owner IS NULL OR owner = ?3 OR lease_until < ?5)");
+  if (!st) return std::move(st).error();
+  st->bind(1, group).bind(2, std::int64_t{partition}).bind(3, member).bind(4, to_micros(now + ttl)).bind(5, to_micros(now));
+  if (st->step() != SQLITE_DONE) return db->last_error("group claim");
+  return sqlite3_changes(db->handle()) > 0;
+}
+
+result<bool> sqlite_store::group_checkpoint(std::string_view group, int partition, std::string_view member,
+                                            log_position position) {
+  auto db = impl_->reader();
+  auto st = db->prepare("UPDATE consumer_group_partitions SET checkpoint = max(checkpoint, ?4) WHERE group_name = ?1 AND "
+                        "partition = ?2 AND owner = ?3");
+  if (!st) return std::move(st).error();
+  st->bind(1, group).bind(2, std::int64_t{partition}).bind(3, member).bind(4, position.value);
+  if (st->step() != SQLITE_DONE) return db->last_error("group checkpoint");
+  return sqlite3_changes(db->handle()) > 0;
+}
+
+result<void> sqlite_store::group_release(std::string_view group, int partition, std::string_view member) {
+  auto db = impl_->reader();
+  auto st = db->prepare("UPDATE consumer_group_partitions SET owner = NULL WHERE group_name = ? AND partition = ? AND owner = ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, group).bind(2, std::int64_t{partition}).bind(3, member);
+  if (st->step() != SQLITE_DONE) return db->last_error("group release");
+  return {};
+}
+
+result<void> sqlite_store::group_leave(std::string_view group, std::string_view member) {
+  auto db = impl_->reader();
+  for (const char* sql : {"UPDATE consumer_group_partitions SET owner = NULL WHERE group_name = ? AND owner = ?",
+                          "DELETE FROM consumer_group_members WHERE group_name = ? AND member = ?"}) {
+    auto st = db->prepare(sql);
+    if (!st) return std::move(st).error();
+    st->bind(1, group).bind(2, member);
+    if (st->step() != SQLITE_DONE) return db->last_error("group leave");
+  }
   return {};
 }
 

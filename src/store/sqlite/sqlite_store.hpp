@@ -28,6 +28,14 @@ class sqlite_store final : public event_store {
   result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
   result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
   log_position head() override;
+  result<group_view> group_sync(std::string_view group, std::string_view member, int partitions, log_position start,
+                                timestamp now, std::chrono::milliseconds ttl) override;
+  result<bool> group_claim(std::string_view group, int partition, std::string_view member, timestamp now,
+                           std::chrono::milliseconds ttl) override;
+  result<bool> group_checkpoint(std::string_view group, int partition, std::string_view member,
+                                log_position position) override;
+  result<void> group_release(std::string_view group, int partition, std::string_view member) override;
+  result<void> group_leave(std::string_view group, std::string_view member) override;
   result<scheduled_event> schedule(scheduled_event entry) override;
   result<std::vector<scheduled_event>> list_scheduled(std::optional<std::string> status, std::size_t limit) override;
   result<scheduled_event> get_scheduled(std::string_view id) override;

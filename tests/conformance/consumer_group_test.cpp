@@ -1,0 +1,128 @@
+// Consumer groups on every store: members join and leave while events arrive; every
+// event is processed exactly once (all members healthy), the events of an aggregate in
+// order, and a restarted group resumes from its checkpoints.
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "bus/consumer_group.hpp"
+#include "core/uuid.hpp"
+#include "support/postgres.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+class ConsumerGroup : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("pliers-group-" + new_uuid_v4().substr(0, 8));
+    std::filesystem::create_directories(dir_);
+    std::string url = "memory:";
+    if (GetParam() == "sqlite") url = "sqlite:" + (dir_ / "e.db").string();
+    if (GetParam() == "postgres") {
+      auto base = testing::postgres_url();
+      if (!base) {
+        if (testing::in_ci()) FAIL() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set";
+        GTEST_SKIP() << "no PostgreSQL configured";
+      }
+      schema_ = std::make_unique<testing::postgres_schema>(*base);
+      url = schema_->url();
+    }
+    auto s = open_store(url);
+    ASSERT_TRUE(s) << s.error().message;
+    store_ = std::move(*s);
+    tailer_ = std::make_unique<log_tailer>(*store_, log_tailer::options{.poll_interval = 50ms});
+  }
+  void TearDown() override {
+    tailer_.reset();
+    store_.reset();
+    schema_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void append(int n, int from) {
+    for (int i = from; i < from + n; ++i) {
+      new_event e;
+      e.type = "work.item";
+      e.aggregate_type = "job";
+      e.metadata = json::object{{"sourceSystem", "t"}, {"sourceVersion", "1"}};
+      e.payload = json::object{{"i", i}};
+      ASSERT_TRUE(store_->append({"job-" + std::to_string(i % 23), std::nullopt, {std::move(e)}}));
+    }
+  }
+  std::unique_ptr<consumer_group_member> member(const std::string& name) {
+    consumer_group_member::options o;
+    o.partitions = 8;
+    o.heartbeat = 50ms;
+    o.lease = 2s;
+    return std::make_unique<consumer_group_member>(*store_, *tailer_, default_clock(), "billing", name, event_filter{},
+                                                   [this, name](const event& e) {
+                                                     std::lock_guard lock(m_);
+                                                     seen_[e.id] += 1;
+                                                     order_[e.aggregate_id].push_back(e.sequence.value);
+                                                     by_member_[name] += 1;
+                                                   },
+                                                   o);
+  }
+  std::size_t seen_count() {
+    std::lock_guard lock(m_);
+    return seen_.size();
+  }
+  void wait_for(std::size_t n) {
+    for (int i = 0; i < 400 && seen_count() < n; ++i) std::this_thread::sleep_for(25ms);
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<testing::postgres_schema> schema_;
+  std::unique_ptr<event_store> store_;
+  std::unique_ptr<log_tailer> tailer_;
+  std::mutex m_;
+  std::map<std::string, int> seen_;
+  std::map<std::string, std::vector<std::int64_t>> order_;
+  std::map<std::string, int> by_member_;
+};
+
+TEST_P(ConsumerGroup, MembersShareTheWorkByAggregateAndProcessEachEventOnce) {
+  append(200, 0);
+  auto a = member("a");
+  wait_for(200);
+  auto b = member("b");
+  append(200, 200);
+  std::this_thread::sleep_for(300ms);  // b takes its share
+  auto c = member("c");
+  append(200, 400);
+  wait_for(600);
+  a.reset();  // leaves: b and c take over its partitions from its checkpoints
+  append(200, 600);
+  wait_for(800);
+  EXPECT_FALSE(b->owned_partitions().empty());
+  EXPECT_FALSE(c->owned_partitions().empty());
+  b.reset();
+  c.reset();
+  {
+    std::lock_guard lock(m_);
+    ASSERT_EQ(seen_.size(), 800u);
+    for (const auto& [id, count] : seen_) EXPECT_EQ(count, 1) << id << " processed " << count << " times";
+    for (const auto& [agg, seqs] : order_)
+      for (std::size_t i = 0; i < seqs.size(); ++i) ASSERT_EQ(seqs[i], static_cast<std::int64_t>(i + 1)) << agg;
+    EXPECT_GT(by_member_["b"], 0);
+    EXPECT_GT(by_member_["c"], 0);
+  }
+  // A restarted group resumes from its checkpoints: only new events.
+  append(50, 800);
+  auto again = member("d");
+  wait_for(850);
+  again.reset();
+  std::lock_guard lock(m_);
+  EXPECT_EQ(seen_.size(), 850u);
+  for (const auto& [id, count] : seen_) EXPECT_EQ(count, 1) << id;
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, ConsumerGroup, ::testing::Values("memory", "sqlite", "postgres"));
+
+}  // namespace pliers
