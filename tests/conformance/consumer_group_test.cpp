@@ -73,6 +73,9 @@ class ConsumerGroup : public ::testing::TestWithParam<std::string> {
     std::lock_guard lock(m_);
     return seen_.size();
   }
+  static void wait_until(const std::function<bool()>& done) {
+    for (int i = 0; i < 400 && !done(); ++i) std::this_thread::sleep_for(25ms);
+  }
   void wait_for(std::size_t n) {
     for (int i = 0; i < 400 && seen_count() < n; ++i) std::this_thread::sleep_for(25ms);
   }
@@ -92,16 +95,17 @@ TEST_P(ConsumerGroup, MembersShareTheWorkByAggregateAndProcessEachEventOnce) {
   auto a = member("a");
   wait_for(200);
   auto b = member("b");
+  wait_until([&] { return !b->owned_partitions().empty(); });  // b takes its share
   append(200, 200);
-  std::this_thread::sleep_for(300ms);  // b takes its share
   auto c = member("c");
+  wait_until([&] { return !c->owned_partitions().empty(); });
   append(200, 400);
   wait_for(600);
   a.reset();  // leaves: b and c take over its partitions from its checkpoints
+  wait_until([&] { return b->owned_partitions().size() + c->owned_partitions().size() == 8; });
+  EXPECT_EQ(b->owned_partitions().size() + c->owned_partitions().size(), 8u);
   append(200, 600);
   wait_for(800);
-  EXPECT_FALSE(b->owned_partitions().empty());
-  EXPECT_FALSE(c->owned_partitions().empty());
   b.reset();
   c.reset();
   {
