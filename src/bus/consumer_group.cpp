@@ -45,8 +45,9 @@ std::vector<int> consumer_group_member::owned_partitions() const {
 }
 
 void consumer_group_member::sync() {
-  const auto start = opts_.start.k == subscription_start::kind::now ? tailer_.head() : opts_.start.position;
-  auto view = store_.group_sync(group_, member_, opts_.partitions, start, clock_.now(), opts_.lease);
+  auto start = opts_.start.resolve(store_, tailer_);
+  if (!start) return;
+  auto view = store_.group_sync(group_, member_, opts_.partitions, *start, clock_.now(), opts_.lease);
   if (!view) return;  // the store is unavailable: keep what we have, the lease covers us
   const auto& members = view->members;
   auto me = std::find(members.begin(), members.end(), member_);

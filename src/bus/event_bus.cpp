@@ -6,6 +6,23 @@ namespace pliers {
 
 void subscription::close() { closed_ = true; }
 
+result<log_position> subscription_start::resolve(event_store& store, log_tailer& tailer) const {
+  switch (k) {
+    case kind::now: return store.head();  // the tailer may not have seen the latest commits yet
+    case kind::beginning:
+    case kind::after_position: return position;
+    case kind::at_time: {
+      event_query q;
+      q.from = time;
+      auto first = store.query(q, pagination{1, log_position(0)});
+      if (!first) return std::move(first).error();
+      if (first->events.empty()) return tailer.head();
+      return log_position(first->events.front().position.value - 1);
+    }
+  }
+  return tailer.head();
+}
+
 event_bus::event_bus(event_store& store, log_tailer& tailer, unsigned delivery_threads)
     : store_(store), tailer_(tailer) {
   for (unsigned i = 0; i < std::max(1u, delivery_threads); ++i) workers_.emplace_back([this] { worker(); });
@@ -39,7 +56,8 @@ std::shared_ptr<subscription> event_bus::subscribe_with_filter(event_filter filt
   s->filter_ = std::move(filter);
   s->handler_ = std::move(h);
   s->bus_ = this;
-  s->position_ = start.k == subscription_start::kind::now ? tailer_.head().value : start.position.value;
+  auto from = start.resolve(store_, tailer_);
+  s->position_ = from ? from->value : store_.head().value;
   {
     std::lock_guard lock(mutex_);
     subscriptions_.push_back(s);

@@ -42,11 +42,16 @@ class subscription {
 };
 
 struct subscription_start {
-  enum class kind { now, beginning, after_position } k = kind::now;
+  enum class kind { now, beginning, after_position, at_time } k = kind::now;
   log_position position{};
+  timestamp time{};
   static subscription_start now() { return {}; }
-  static subscription_start beginning() { return {kind::beginning, log_position(0)}; }
-  static subscription_start after(log_position p) { return {kind::after_position, p}; }
+  static subscription_start beginning() { return {kind::beginning, log_position(0), {}}; }
+  static subscription_start after(log_position p) { return {kind::after_position, p, {}}; }
+  // The first event at or after `t` (the head when there is none).
+  static subscription_start at(timestamp t) { return {kind::at_time, log_position(0), t}; }
+  // The position to read after.
+  result<log_position> resolve(event_store& store, log_tailer& tailer) const;
 };
 
 class event_bus {

@@ -104,6 +104,24 @@ TEST_P(EventBus, PublishToCarriesTheRoutingKeyIntoFilters) {
   EXPECT_EQ(got.load(), 1);
 }
 
+TEST_P(EventBus, StartsNowAtAPositionOrAtATime) {
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(bus_->publish("t", make("t.old", i)));
+  const auto cut = default_clock().now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 10; i < 15; ++i) ASSERT_TRUE(bus_->publish("t", make("t.new", i)));
+  std::atomic<int> from_time{0}, from_pos{0}, from_now{0};
+  auto a = bus_->subscribe_with_filter({}, [&](const event&) { ++from_time; }, subscription_start::at(cut));
+  auto b = bus_->subscribe_with_filter({}, [&](const event&) { ++from_pos; }, subscription_start::after(log_position(12)));
+  auto c = bus_->subscribe_with_filter({}, [&](const event&) { ++from_now; }, subscription_start::now());
+  for (int i = 0; i < 300 && (a->position().value < 15 || b->position().value < 15); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(from_time.load(), 5);
+  EXPECT_EQ(from_pos.load(), 3);
+  ASSERT_TRUE(bus_->publish("t", make("t.live", 16)));
+  for (int i = 0; i < 300 && c->position().value < 16; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(from_now.load(), 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, EventBus, ::testing::Values("memory", "sqlite"));
 
 }  // namespace pliers

@@ -82,8 +82,9 @@ result<stream_options> options_from_json(const json::value& v, const std::string
 // Where a subscription starts: after `fromPosition`; or so that the last `historyLimit`
 // matching events come first (found by scanning back from the head in windows); or at the
 // beginning (all history); or at the head (live only).
-result<log_position> start_position(log_tailer& tailer, const event_filter& filter, const stream_options& o) {
-  const auto head = tailer.head();
+result<log_position> start_position(event_store& store, log_tailer& tailer, const event_filter& filter,
+                                    const stream_options& o) {
+  const auto head = std::max(store.head(), tailer.head());  // the tailer may lag the last commits
   if (o.from_position) return log_position(std::min(*o.from_position, head.value));
   if (!o.include_history) return head;
   if (!o.history_limit) return log_position(0);
@@ -226,7 +227,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
 
   asio::awaitable<void> run_stream(std::shared_ptr<ws_stream> s) {
     auto self = shared_from_this();
-    auto start = co_await run_blocking(state.workers, [&] { return start_position(state.tailer, s->filter, s->options); });
+    auto start = co_await run_blocking(state.workers, [&] { return start_position(state.store, state.tailer, s->filter, s->options); });
     if (!start) {
       send(error_message(s->info->id, start.error()));
       streams.erase(s->info->id);
@@ -461,7 +462,7 @@ asio::awaitable<reply> handle_event_stream(request_context& ctx) {
   if (!opts) co_return problem_reply(opts.error());
   if (auto ok = ctx.state.access.authorize(ctx.who, access_action::read, {}); !ok) co_return problem_reply(ok.error());
   auto& state = ctx.state;
-  auto start = co_await run_blocking(state.workers, [&] { return start_position(state.tailer, *filter, *opts); });
+  auto start = co_await run_blocking(state.workers, [&] { return start_position(state.store, state.tailer, *filter, *opts); });
   if (!start) co_return problem_reply(start.error());
 
   struct sse_state {
