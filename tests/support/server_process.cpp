@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <thread>
 
+extern char** environ;
+
 #ifndef PLIERS_EVENTS_BINARY
 #error "PLIERS_EVENTS_BINARY must name the server binary"
 #endif
@@ -29,8 +31,8 @@ temp_dir::~temp_dir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-server_process::server_process(std::string store, std::vector<std::string> extra)
-    : store_(std::move(store)), extra_(std::move(extra)) {}
+server_process::server_process(std::string store, std::vector<std::string> extra, server_launch launch)
+    : store_(std::move(store)), extra_(std::move(extra)), launch_(std::move(launch)) {}
 
 server_process::~server_process() {
   if (pid_ > 0) stop(SIGKILL);
@@ -39,11 +41,27 @@ server_process::~server_process() {
 void server_process::start() {
   auto ready = dir_.path() / "ready";
   std::filesystem::remove(ready);
-  std::vector<std::string> args = {PLIERS_EVENTS_BINARY, "serve",        "--store",      store_,
+  const std::string binary = launch_.binary.empty() ? std::string(PLIERS_EVENTS_BINARY) : launch_.binary;
+  std::vector<std::string> args = {binary,               "serve",        "--store",      store_,
                                    "--listen",           "127.0.0.1:0",  "--ready-file", ready.string(),
                                    "--log-level",        "warn"};
   args.insert(args.end(), extra_.begin(), extra_.end());
   auto err = (dir_.path() / "stderr.log").string();
+  // Everything the child needs is built before fork (other threads may hold locks).
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    auto key = kv.substr(0, kv.find('='));
+    bool overridden = false;
+    for (const auto& [k, v] : launch_.env) overridden |= (k == key);
+    if (!overridden) env_strings.push_back(std::move(kv));
+  }
+  for (const auto& [k, v] : launch_.env) env_strings.push_back(k + "=" + v);
+  std::vector<char*> argv, envp;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
@@ -51,10 +69,7 @@ void server_process::start() {
     if (fd >= 0) ::dup2(fd, 2);
     int null = ::open("/dev/null", O_WRONLY);
     if (null >= 0) ::dup2(null, 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -100,6 +115,14 @@ int server_process::stop(int signal, std::chrono::seconds timeout) {
   }
   pid_ = -1;
   return status;
+}
+
+void server_process::pause() {
+  if (pid_ > 0) ::kill(pid_, SIGSTOP);
+}
+
+void server_process::resume() {
+  if (pid_ > 0) ::kill(pid_, SIGCONT);
 }
 
 std::string server_process::stderr_text() const {

@@ -25,10 +25,17 @@ class temp_dir {
   std::filesystem::path path_;
 };
 
+// How to run the server beyond its store and flags (defaults: the real binary, inherited
+// environment).
+struct server_launch {
+  std::string binary;                                       // "" = PLIERS_EVENTS_BINARY
+  std::vector<std::pair<std::string, std::string>> env;     // set in the child (e.g. PLIERS_*, LD_PRELOAD)
+};
+
 class server_process {
  public:
-  // store: "memory:" or "sqlite:PATH"; extra: more `serve` flags.
-  explicit server_process(std::string store, std::vector<std::string> extra = {});
+  // store: "memory:", "sqlite:PATH" or a postgres URL; extra: more `serve` flags.
+  explicit server_process(std::string store, std::vector<std::string> extra = {}, server_launch launch = {});
   ~server_process();
   server_process(const server_process&) = delete;
   server_process& operator=(const server_process&) = delete;
@@ -42,10 +49,14 @@ class server_process {
   int stop(int signal = 15, std::chrono::seconds timeout = std::chrono::seconds(20));
   bool running() const { return pid_ > 0; }
   std::string stderr_text() const;
+  // SIGSTOP / SIGCONT.
+  void pause();
+  void resume();
 
  private:
   std::string store_;
   std::vector<std::string> extra_;
+  server_launch launch_;
   temp_dir dir_;
   pid_t pid_ = -1;
   std::string url_;
