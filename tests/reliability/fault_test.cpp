@@ -47,10 +47,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool run_known_bugs() {
-  const char* v = std::getenv("PLIERS_RUN_KNOWN_BUGS");
-  return v && std::string(v) == "1";
-}
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -197,12 +193,6 @@ TEST_P(Faults, PausedServerResumes) {
   history.stop();
   auto rep = history.analyze(server.url());
   std::cout << rep.summary() << ", timeouts/retries " << history.unknown_count() << std::endl;
-  if (GetParam() == "postgres" && rep.misplaced > 0 && !run_known_bugs()) {
-    // Known bug, see ConcurrentRetriesGetTheStoredPositions: a retry that lands in the same
-    // group commit as its original is answered with batch-relative positions.
-    std::cout << "known bug tolerated: " << rep.misplaced << " acknowledgements carried the wrong position" << std::endl;
-    rep.misplaced = 0;
-  }
   EXPECT_TRUE(rep.clean()) << rep.summary();
   EXPECT_EQ(history.unexpected_count(), 0u);
   EXPECT_GT(history.unknown_count(), 0u) << "no request timed out during a pause: the test proved nothing";
@@ -213,10 +203,8 @@ TEST_P(Faults, PausedServerResumes) {
 // A client that timed out retries while its original request is still queued: both land in
 // one group commit. Both answers must carry the positions the events are stored at.
 TEST_P(Faults, ConcurrentRetriesGetTheStoredPositions) {
-  if (GetParam() == "postgres" && !run_known_bugs())
-    GTEST_SKIP() << "bug: on PostgreSQL, a replay of an append planned earlier in the same group commit is answered "
-                    "with batch-relative positions and the provisional timestamp (postgres_store.cpp skips rebasing "
-                    "replay plans) (PLIERS_RUN_KNOWN_BUGS=1 runs this test)";
+  // Regression: on PostgreSQL a retry planned in the same group commit as its original was
+  // answered with batch-relative positions.
   server_process server(store_->url());
   server.start();
   append_history history([&](int) { return server.url(); }, 0);
@@ -558,8 +546,12 @@ TEST(Soak, FaultEveryFewMinutes) {
   std::cout << "soak " << seconds << " s, " << faults << " faults: " << rep.summary() << "\nRSS KiB after warm-up "
             << first_rss << ", last " << last_rss << ", max " << max_rss << "; fds after warm-up " << first_fds << ", last "
             << last_fds << ", max " << max_fds << std::endl;
-  if (first_fds > 0) EXPECT_LE(last_fds, first_fds + 32) << "file descriptors keep growing";
-  if (first_rss > 0) EXPECT_LE(last_rss, first_rss * 3 + 65536) << "memory keeps growing";
+  if (first_fds > 0) {
+    EXPECT_LE(last_fds, first_fds + 32) << "file descriptors keep growing";
+  }
+  if (first_rss > 0) {
+    EXPECT_LE(last_rss, first_rss * 3 + 65536) << "memory keeps growing";
+  }
 }
 
 }  // namespace pliers

@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/clock.hpp"
 #include "core/time_format.hpp"
@@ -505,6 +506,7 @@ struct postgres_store::impl {
     }
     // 3. Plan every append on its own, with positions relative to the batch.
     auto now = clk.now();
+    std::unordered_set<std::string> planned_here;  // ids this batch writes
     std::vector<std::vector<append_plan>> units;  // empty for a failed unit
     std::vector<append_plan*> plans;              // every plan of the batch, in order
     std::int64_t relative = 0;
@@ -518,7 +520,10 @@ struct postgres_store::impl {
       for (const auto& plan : *unit) {
         if (plan.replay) continue;
         for (const auto& e : plan.events)
+        {
           lookup.events.emplace(e.id, append_lookup::stored_event{e.aggregate_id, e.sequence, e.position, e.time});
+          planned_here.insert(e.id);  // its position is relative to the batch until the counter is read
+        }
         lookup.aggregates[plan.events.back().aggregate_id] = {plan.aggregate_type, plan.result.version};
         relative = plan.events.back().position.value;
       }
@@ -539,7 +544,13 @@ struct postgres_store::impl {
       std::string events_copy, ids_copy;
       std::vector<std::string> upd_ids, upd_versions, upd_counts, upd_types, upd_times;
       for (auto* plan : plans) {
-        if (plan->replay) continue;
+        if (plan->replay) {
+          // A retry of an append planned earlier in this same batch replays provisional
+          // positions: make them the stored ones.
+          for (auto& r : plan->result.events)
+            if (planned_here.count(r.id)) r.position = log_position(r.position.value + base), r.time = commit_time;
+          continue;
+        }
         for (auto& e : plan->events) e.position = log_position(e.position.value + base), e.time = commit_time;
         for (auto& r : plan->result.events) r.position = log_position(r.position.value + base), r.time = commit_time;
         for (const auto& e : plan->events) {
