@@ -1,6 +1,9 @@
 #include "core/event_codec.hpp"
 
 #include <boost/json.hpp>
+#include <boost/json/basic_parser_impl.hpp>
+#include <cmath>
+#include <unordered_set>
 #include <charconv>
 #include <limits>
 
@@ -10,10 +13,77 @@ namespace pliers {
 
 namespace json = boost::json;
 
+namespace {
+
+// A first pass over untrusted JSON that refuses what json::parse would silently accept:
+// duplicate keys in one object (the last would win) and numbers outside the range of a
+// double (stored as infinity, they would make the event unreadable).
+struct strict_json_handler {
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+  std::vector<std::unordered_set<std::string>> keys;
+  std::string key;
+  std::string problem;
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) {
+    keys.emplace_back();
+    return true;
+  }
+  bool on_object_end(std::size_t, json::error_code&) {
+    keys.pop_back();
+    return true;
+  }
+  bool on_array_begin(json::error_code&) { return true; }
+  bool on_array_end(std::size_t, json::error_code&) { return true; }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    key.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
+    key.append(s.data(), s.size());
+    if (!keys.back().insert(std::move(key)).second) {
+      problem = "duplicate key";
+      ec = json::error::syntax;
+      key.clear();
+      return false;
+    }
+    key.clear();
+    return true;
+  }
+  bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
+  bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
+  bool on_double(double d, json::string_view, json::error_code& ec) {
+    if (std::isfinite(d)) return true;
+    problem = "number out of range";
+    ec = json::error::syntax;
+    return false;
+  }
+  bool on_bool(bool, json::error_code&) { return true; }
+  bool on_null(json::error_code&) { return true; }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+};
+
+}  // namespace
+
 result<json::value> parse_json(std::string_view text, const json_limits& limits) {
   json::parse_options opts;
   opts.max_depth = limits.max_depth;
   boost::system::error_code ec;
+  {
+    json::basic_parser<strict_json_handler> strict(opts);
+    strict.write_some(false, text.data(), text.size(), ec);
+    if (ec && !strict.handler().problem.empty())
+      return error::invalid("body", "malformed JSON: " + strict.handler().problem);
+    ec = {};
+  }
   json::value v = json::parse(json::string_view(text.data(), text.size()), ec, {}, opts);
   if (ec) {
     std::string why = ec == json::error::too_deep

@@ -223,7 +223,7 @@ result<condition::node> parse_node(const json::value& v, const std::string& fiel
     opts.set_log_errors(false);
     opts.set_max_mem(8 << 20);
     auto re = std::make_shared<RE2>(std::string(n.value.get_string()), opts);
-    if (!re->ok()) return error::invalid(field + ".value", "invalid regular expression: " + re->error());
+    if (!re->ok()) return error::invalid(field + ".value", "invalid regular expression: " + re->error().substr(0, 200));
     n.re = std::move(re);
   }
   return n;

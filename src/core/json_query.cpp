@@ -176,7 +176,7 @@ result<json_query> json_query::make(std::string_view path, json_operator op, jso
     opts.set_max_mem(8 << 20);
     auto re = std::make_shared<RE2>(std::string(q.value_.get_string()), opts);
     if (!re->ok())
-      return error::invalid(std::string(field) + ".value", "invalid regular expression: " + re->error());
+      return error::invalid(std::string(field) + ".value", "invalid regular expression: " + re->error().substr(0, 200));
     q.regex_ = std::move(re);
   }
   return q;

@@ -15,8 +15,44 @@ bool has_control_chars(std::string_view s) {
   return false;
 }
 
+}  // namespace
+
+bool is_valid_utf8(std::string_view s) noexcept {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    std::uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    for (std::size_t k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr std::uint32_t min_for[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min_for[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;  // overlong, range, surrogate
+    i += n + 1;
+  }
+  return true;
+}
+
+namespace {
+
 result<void> check_name(std::string_view value, std::size_t max, const std::string& field) {
   if (value.empty()) return error::invalid(field, "must not be empty");
+  if (!is_valid_utf8(value)) return error::invalid(field, "is not valid UTF-8");
   if (value.size() > max)
     return error::invalid(field, "longer than " + std::to_string(max) + " characters (" +
                                      std::to_string(value.size()) + ")");

@@ -10,6 +10,9 @@ namespace pliers {
 
 inline constexpr std::size_t max_events_per_append = 10000;
 
+// Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
+bool is_valid_utf8(std::string_view s) noexcept;
+
 result<void> validate_aggregate_id(std::string_view aggregate_id, std::string_view field = "aggregateId");
 result<void> validate_append(append_request& request);
 

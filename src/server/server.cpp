@@ -164,7 +164,7 @@ struct http_server::impl {
 
   asio::awaitable<void> session(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
-    beast::flat_buffer buffer(8192);
+    beast::flat_buffer buffer(64 * 1024);  // holds a full header (parser limit 16 KiB) plus body data
     bool busy = false;
     std::uint64_t id;
     {

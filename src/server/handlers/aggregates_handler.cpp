@@ -116,11 +116,11 @@ asio::awaitable<reply> snapshot_resource(request_context& ctx, const std::string
     if (kv.key() != "sequenceNumber" && kv.key() != "data")
       co_return problem_reply(error::invalid(std::string(kv.key()).substr(0, 100), "unknown member"));
   const auto* seq = o->if_contains("sequenceNumber");
-  if (!seq || !(seq->is_int64() || seq->is_uint64()))
+  if (!seq || !(seq->is_int64() || (seq->is_uint64() && seq->get_uint64() <= static_cast<std::uint64_t>(INT64_MAX))))
     co_return problem_reply(error::invalid("sequenceNumber", "required integer"));
   const auto* data = o->if_contains("data");
   if (!data || !data->is_object()) co_return problem_reply(error::invalid("data", "required object"));
-  auto n = seq->to_number<std::int64_t>();
+  const std::int64_t n = seq->is_int64() ? seq->get_int64() : static_cast<std::int64_t>(seq->get_uint64());
   json::object state = data->get_object();
   auto r = co_await run_blocking(ctx.state.workers, [&] { return store.create_snapshot(aggregate_id, n, std::move(state)); });
   if (!r) co_return problem_reply(r.error());
