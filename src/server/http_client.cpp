@@ -18,6 +18,17 @@ struct http_client::impl {
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
 
+  // Runs one asynchronous operation to completion: tcp_stream deadlines apply only to
+  // asynchronous operations, so this is how a blocking call gets a timeout.
+  template <class Start>
+  boost::system::error_code run(Start start) {
+    boost::system::error_code result = asio::error::would_block;
+    start([&](boost::system::error_code ec, auto&&...) { result = ec; });
+    ioc.restart();
+    ioc.run();
+    return result;
+  }
+
   result<void> open() {
     boost::system::error_code ec;
     tcp::resolver resolver(ioc);
@@ -25,7 +36,7 @@ struct http_client::impl {
     if (ec) return error::make(errc::unavailable, "cannot resolve " + host + ":" + port + ": " + ec.message());
     stream.emplace(ioc);
     stream->expires_after(timeout);
-    stream->connect(eps, ec);
+    ec = run([&](auto handler) { stream->async_connect(eps, std::move(handler)); });
     if (ec) {
       stream.reset();
       return error::make(errc::unavailable, "cannot connect to " + host + ":" + port + ": " + ec.message());
@@ -81,12 +92,14 @@ result<http_response> http_client::request(std::string_view method, std::string_
     if (!p.stream) {
       if (auto r = p.open(); !r) return std::move(r).error();
     }
-    boost::system::error_code ec;
     p.stream->expires_after(p.timeout);
-    http::write(*p.stream, req, ec);
+    auto ec = p.run([&](auto handler) { http::async_write(*p.stream, req, std::move(handler)); });
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::uint64_t{1} << 32);
-    if (!ec) http::read(*p.stream, p.buffer, parser, ec);
+    if (!ec) {
+      p.stream->expires_after(p.timeout);
+      ec = p.run([&](auto handler) { http::async_read(*p.stream, p.buffer, parser, std::move(handler)); });
+    }
     if (ec) {
       p.stream.reset();
       if (attempt == 0 && reused && retryable &&
