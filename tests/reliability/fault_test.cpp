@@ -32,6 +32,7 @@
 #include "support/raw_http.hpp"
 #include "store/postgres/pg_db.hpp"
 #include "support/server_process.hpp"
+#include "support/ws_client.hpp"
 
 #ifndef PLIERS_POWER_LOSS_SHIM
 #error "PLIERS_POWER_LOSS_SHIM must name the LD_PRELOAD library"
@@ -103,6 +104,54 @@ class current_url {
   std::string url_;
 };
 
+// A WebSocket subscriber that lives through server kills: on every disconnect it
+// reconnects to the current server and resumes with fromPosition = the last position it
+// received. It records every position delivered; they must be 1, 2, 3, ... exactly once.
+class resilient_subscriber {
+ public:
+  explicit resilient_subscriber(std::function<std::string()> url) : url_(std::move(url)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~resilient_subscriber() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  std::int64_t last() const { return last_.load(); }
+  std::vector<std::int64_t> positions() {
+    std::lock_guard lock(m_);
+    return positions_;
+  }
+
+ private:
+  void run() {
+    while (!stop_) {
+      try {
+        ws_client ws(url_());
+        ws.send_json({{"type", "subscribe"}, {"filter", boost::json::object{}},
+                      {"options", {{"fromPosition", last_.load()}, {"heartbeatInterval", 200}}}});
+        while (!stop_) {
+          auto m = ws.read(std::chrono::milliseconds(1000));
+          if (!m) break;  // killed server or timeout: reconnect
+          if (m->at("type").as_string() != "event") continue;
+          auto p = m->at("data").at("position").as_int64();
+          std::lock_guard lock(m_);
+          positions_.push_back(p);
+          last_ = std::max(last_.load(), p);
+        }
+      } catch (const std::exception&) {
+        std::this_thread::sleep_for(20ms);  // no server right now
+      }
+    }
+  }
+  std::function<std::string()> url_;
+  std::atomic<bool> stop_{false};
+  std::atomic<std::int64_t> last_{0};
+  std::mutex m_;
+  std::vector<std::int64_t> positions_;
+  std::thread thread_;
+};
+
 class Faults : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -130,13 +179,17 @@ TEST_P(Faults, Kill9AtRandomMoments) {
   opts.request_timeout = 5s;
   append_history history([&](int) { return url.get(); }, opts);
   std::unique_ptr<server_process> server;
+  std::unique_ptr<resilient_subscriber> subscriber;
   std::size_t acknowledged_before = 0;
   int rounds_with_progress = 0;
   for (int k = 0; k < kills; ++k) {
     server = std::make_unique<server_process>(store_->url());
     server->start();
     url.set(server->url());
-    if (k == 0) history.start();
+    if (k == 0) {
+      history.start();
+      subscriber = std::make_unique<resilient_subscriber>([&] { return url.get(); });
+    }
     // Mostly mid-traffic; one time in eight during recovery and reconnection.
     std::uniform_int_distribution<int> early(0, 7);
     std::uniform_int_distribution<int> late_ms(150, 600), early_ms(0, 40);
@@ -160,6 +213,16 @@ TEST_P(Faults, Kill9AtRandomMoments) {
   EXPECT_GT(history.refused_count(), 0u) << "no conflicting append was tried";
   EXPECT_GE(rounds_with_progress, kills / 2) << "most rounds made no progress";
   EXPECT_EQ(rep.unresolved, 0u) << "an append's outcome stayed unknown after the final restart";
+
+  // The subscriber, reconnecting after every kill, received the whole log in order.
+  auto health = boost::json::parse(server->client()->get("/health")->body);
+  const auto head = health.at("headPosition").as_int64();
+  for (int i = 0; i < 400 && subscriber->last() < head; ++i) std::this_thread::sleep_for(25ms);
+  subscriber->stop();
+  const auto got = subscriber->positions();
+  ASSERT_EQ(static_cast<std::int64_t>(got.size()), head) << "the subscriber missed or repeated events";
+  for (std::size_t i = 0; i < got.size(); ++i)
+    ASSERT_EQ(got[i], static_cast<std::int64_t>(i + 1)) << "gap, duplicate or disorder at delivery " << i;
 }
 
 // SIGSTOP/SIGCONT: requests stall, clients time out and retry with the same ids while the
