@@ -40,7 +40,7 @@ TEST_F(Streams, HistoryThenLiveInOrderWithNoGapOrDuplicateWhileAppending) {
   std::thread writer([&] {
     auto http = server_->client();
     for (int i = 300; i < 900; ++i)
-      http->post("/v1/aggregates/h-" + std::to_string(i % 3) + "/events",
+      (void)http->post("/v1/aggregates/h-" + std::to_string(i % 3) + "/events",
                  append_body({event_json(i % 3 ? "match.me" : "skip.me", "s", {{"i", i}})}));
   });
   std::int64_t last_position = 0;
@@ -134,6 +134,52 @@ TEST_F(Streams, AStormOfBadFramesOrAnOversizedFrameClosesTheConnection) {
     EXPECT_EQ(big.close_code(), 1009) << big.last_error().message();
   }
   EXPECT_EQ(http_->get("/health")->status, 200u);
+}
+
+TEST_F(Streams, HostileFramesFragmentsUtf8AndSubscriptionFloods) {
+  {
+    ws_client ws(server_->url());  // a message in fragments is reassembled
+    ws.send_fragment(R"({"type":"subscr)", false);
+    ws.send_fragment(R"(ibe","filter":{"eventTypes":)", false);
+    ws.send_fragment(R"(["frag.*"]}})", true);
+    ASSERT_TRUE(ws.read_type("subscription_confirmed"));
+  }
+  {
+    ws_client ws(server_->url());  // many small fragments beyond the message limit: 1009
+    try {
+      for (int i = 0; i < 100; ++i) ws.send_fragment(std::string(1024, ' '), false);
+      ws.send_fragment("{}", true);
+    } catch (const std::exception&) {
+    }
+    while (ws.read(5s)) {
+    }
+    EXPECT_EQ(ws.close_code(), 1009) << ws.last_error().message();
+  }
+  {
+    ws_client ws(server_->url());  // a text frame that is not UTF-8: 1007
+    try {
+      ws.send(std::string("{\"type\":\"subscribe\",\"x\":\"\xff\xfe\"}"));
+    } catch (const std::exception&) {
+    }
+    while (ws.read(5s)) {
+    }
+    EXPECT_EQ(ws.close_code(), 1007) << ws.last_error().message();
+  }
+  {
+    ws_client ws(server_->url());  // at most 100 subscriptions per connection
+    for (int i = 0; i < 100; ++i) ws.subscribe({{"aggregateIds", json::array{"none"}}});
+    ws.send_json({{"type", "subscribe"}});
+    auto e = ws.read_type("error");
+    ASSERT_TRUE(e);
+    EXPECT_NE(std::string(e->at("data").at("message").as_string()).find("at most 100"), std::string::npos);
+  }
+  EXPECT_EQ(http_->get("/health")->status, 200u);
+  std::size_t left = 1;
+  for (int i = 0; i < 100 && left > 0; ++i) {
+    left = json::parse(http_->get("/v1/streams")->body).at("streams").as_array().size();
+    if (left) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(left, 0u) << "closed connections left streams behind";
 }
 
 TEST_F(Streams, HeartbeatsStreamListingAndOperatorClose) {

@@ -40,6 +40,11 @@ class ws_client {
     ws_.write(boost::asio::buffer(bytes));
   }
   void send_json(const boost::json::value& v) { send(boost::json::serialize(v)); }
+  // One frame of a fragmented text message; `last` ends the message.
+  void send_fragment(const std::string& part, bool last) {
+    ws_.text(true);
+    ws_.write_some(last, boost::asio::buffer(part));
+  }
 
   // The next message as JSON; nullopt on close or timeout (close code in close_code()).
   std::optional<boost::json::value> read(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
