@@ -26,6 +26,7 @@
 #include <random>
 #include <thread>
 
+#include "core/uuid.hpp"
 #include "support/append_history.hpp"
 #include "support/postgres.hpp"
 #include "support/power_loss.hpp"
@@ -462,6 +463,114 @@ TEST(DiskFull, SqliteOnSmallTmpfs) {
 
 // The HTTP client (CLI, benchmarks) promises a timeout; against a paused server it must
 // give up instead of hanging.
+// PostgreSQL whose data directory lives on a small tmpfs: filling it makes appends fail
+// with 503 (PostgreSQL reports disk_full, or panics and restarts when WAL cannot grow),
+// never a false acknowledgement; once space returns appends succeed again, without
+// restarting the engine.
+TEST(DiskFull, PostgresOnSmallTmpfs) {
+  const std::string bin = "/usr/lib/postgresql/15/bin/";
+  if (!std::filesystem::exists(bin + "initdb")) {
+    if (in_ci()) FAIL() << "CI=true but PostgreSQL 15 is not installed";
+    GTEST_SKIP() << "PostgreSQL 15 is not installed";
+  }
+  temp_dir dir;
+  const auto mnt = dir.path() / "pgvolume";
+  std::filesystem::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=96m,mode=0777") != 0) {
+    const std::string why = std::strerror(errno);
+    if (in_ci()) FAIL() << "CI=true but mounting a tmpfs failed: " << why;
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << why << ")";
+  }
+  const bool root = ::geteuid() == 0;
+  const std::string as_pg = root ? "runuser -u postgres -- " : "";
+  const std::string data = (mnt / "data").string();
+  const std::string port = std::to_string(55000 + ::getpid() % 4000);  // clear of the suite's own cluster
+  struct cleanup {
+    std::string stop;
+    std::filesystem::path p;
+    ~cleanup() {
+      (void)std::system(stop.c_str());
+      ::umount2(p.c_str(), MNT_DETACH);
+    }
+  } cleaner{as_pg + bin + "pg_ctl -D " + data + " -m immediate -w stop >/dev/null 2>&1", mnt};
+  ASSERT_EQ(std::system((as_pg + bin + "initdb -D " + data + " -U postgres --auth=trust --wal-segsize=1 >/dev/null 2>&1").c_str()), 0);
+  ASSERT_EQ(std::system((as_pg + bin + "pg_ctl -D " + data + " -l " + (mnt / "pg.log").string() + " -w -t 60 start -o \"-p " +
+                         port + " -k " + mnt.string() +
+                         " -c listen_addresses=127.0.0.1 -c shared_buffers=16MB -c min_wal_size=2MB -c max_wal_size=8MB\" >/dev/null")
+                            .c_str()),
+            0);
+  const std::string store = "postgres://postgres@127.0.0.1:" + port + "/postgres";
+  // Fill the volume, leaving a few MiB.
+  {
+    std::ofstream ballast(mnt / "ballast", std::ios::binary);
+    std::string mb(1 << 20, 'b');
+    const auto space = std::filesystem::space(mnt);
+    const auto fill = static_cast<int>(space.available / (1 << 20)) - 6;
+    for (int i = 0; i < fill; ++i) ballast << mb;
+  }
+  auto server = std::make_unique<server_process>(store);
+  server->start();
+  append_history history([](int) { return std::string(); }, 0);
+  // Incompressible payloads: PostgreSQL would shrink repeated characters (TOAST).
+  std::mt19937 rng(seed());
+  auto random_text = [&](std::size_t n) {
+    static constexpr char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    std::string out(n, 'a');
+    for (auto& c : out) c = alphabet[rng() % 62];
+    return out;
+  };
+  auto append_one = [&]() -> unsigned {
+    auto client = http_client::connect(server->url(), 5s);
+    if (!client) return 0u;
+    auto& http = *client;
+    auto e = boost::json::parse(event_json("disk.fill", "history", {{"fill", random_text(100 * 1024)}})).as_object();
+    std::vector<std::string> ids{new_uuid_v4()};
+    e["id"] = ids[0];
+    history.record_attempt(ids);
+    auto r = http->post("/v1/aggregates/disk-pg/events", append_body({boost::json::serialize(e)}));
+    if (!r) {
+      history.record_unresolved(ids);  // no answer: the engine may still commit it later
+      return 0u;
+    }
+    if (r->status == 201) history.record_acknowledged(ids, r->body);
+    else history.record_refused(ids);  // a 503 means it is not stored, ever
+    return r->status;
+  };
+  int acknowledged = 0, full = 0;
+  for (int i = 0; i < 400 && full < 3; ++i) {
+    auto status = append_one();
+    if (status == 201) {
+      ++acknowledged;
+      full = 0;
+      continue;
+    }
+    ASSERT_TRUE(status == 503u || status == 0u) << "a full disk must give 503 (or no answer), got " << status;
+    ++full;
+  }
+  ASSERT_EQ(full, 3) << "the disk never filled up";
+  ASSERT_GT(acknowledged, 3);
+  EXPECT_EQ(server->client()->get("/health")->status, 200u) << "the engine must stay up";
+  std::filesystem::remove(mnt / "ballast");
+  const std::string pg_ctl = as_pg + bin + "pg_ctl -D " + data;
+  if (std::system((pg_ctl + " status >/dev/null 2>&1").c_str()) != 0) {
+    ASSERT_EQ(std::system((pg_ctl + " -l " + (mnt / "pg.log").string() + " -w -t 60 start -o \"-p " + port + " -k " +
+                           mnt.string() + " -c listen_addresses=127.0.0.1 -c shared_buffers=16MB\" >/dev/null")
+                              .c_str()),
+              0);
+  }
+  int recovered = 0;
+  for (int i = 0; i < 60 && recovered < 3; ++i) {
+    if (append_one() == 201) ++recovered;
+    else std::this_thread::sleep_for(500ms);
+  }
+  EXPECT_EQ(recovered, 3) << "appends did not succeed again after space was freed";
+  auto rep = history.analyze(server->url());
+  EXPECT_TRUE(rep.clean()) << rep.summary();  // includes: nothing answered 503 is stored
+  std::cout << acknowledged << " appends of 100 KiB before PostgreSQL's volume was full, 503 while full, " << recovered
+            << " after space returned; " << rep.summary() << std::endl;
+  server->stop(SIGTERM);
+}
+
 TEST(PausedServer, HttpClientTimesOut) {
   // Regression: the client used synchronous Beast calls, which ignore the stream's deadline.
   server_process server("memory:");
