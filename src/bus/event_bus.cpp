@@ -127,9 +127,11 @@ void event_bus::worker() {
 }
 
 void event_bus::drain(const std::shared_ptr<subscription>& s) {
+  bool failed = false;
   while (!s->closed()) {
     auto batch = tailer_.read_after(log_position(s->position_.load()), 1000);
-    if (!batch || batch->empty()) break;  // caught up (or the store failed: retried on the next wake)
+    if (!batch) failed = true;
+    if (!batch || batch->empty()) break;  // caught up, or the store failed: retried on the next wake
     for (const auto& e : *batch) {
       if (s->closed()) return;
       if (s->filter_.matches(*e)) {
@@ -148,8 +150,9 @@ void event_bus::drain(const std::shared_ptr<subscription>& s) {
     }
   }
   s->scheduled_ = false;
-  // An advance that arrived while we were finishing must not be lost.
-  if (!s->closed() && tailer_.head().value > s->position_.load()) schedule(s);
+  // An advance that arrived while we were finishing must not be lost (after a failed read,
+  // the next wake or poll retries instead of a tight loop).
+  if (!failed && !s->closed() && tailer_.head().value > s->position_.load()) schedule(s);
 }
 
 }  // namespace pliers

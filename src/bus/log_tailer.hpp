@@ -28,7 +28,7 @@ namespace pliers {
 class log_tailer {
  public:
   struct options {
-    std::size_t ring_capacity = 65536;
+    std::size_t ring_capacity = 16384;  // about 24 MB of 400-byte events; older ones come from the store
     std::size_t read_batch = 2000;
     std::chrono::milliseconds poll_interval{1000};
   };

@@ -182,6 +182,25 @@ TEST_F(Streams, HostileFramesFragmentsUtf8AndSubscriptionFloods) {
   EXPECT_EQ(left, 0u) << "closed connections left streams behind";
 }
 
+TEST_F(Streams, BatchModeSendsSeveralEventsPerMessageInOrder) {
+  for (int i = 0; i < 250; ++i) append("batch", "batch.event", {{"i", i}});
+  ws_client ws(server_->url());
+  ws.subscribe({}, {{"includeHistory", true}, {"batch", true}, {"bufferSize", 100}});
+  std::int64_t expected = 1;
+  int messages = 0;
+  while (expected <= 250) {
+    auto m = ws.read_type("events");
+    ASSERT_TRUE(m) << "stopped at position " << expected;
+    ++messages;
+    for (const auto& e : m->at("data").as_array()) EXPECT_EQ(e.at("position").as_int64(), expected++);
+  }
+  EXPECT_LE(messages, 5);  // 250 events in batches of at most 100
+  append("batch", "batch.event", {{"i", 250}});
+  auto live = ws.read_type("events");
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->at("data").as_array().size(), 1u);
+}
+
 TEST_F(Streams, HeartbeatsStreamListingAndOperatorClose) {
   ws_client ws(server_->url());
   auto id = ws.subscribe({{"eventTypes", json::array{"hb.*"}}}, {{"heartbeatInterval", 200}});

@@ -9,6 +9,9 @@
 // reader, the writer and one loop per subscription) and lives until the last one ends.
 #include <boost/beast/websocket.hpp>
 #include <charconv>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include "core/event_filter.hpp"
 #include "core/time_format.hpp"
@@ -31,6 +34,7 @@ struct stream_options {
   std::optional<std::int64_t> from_position;
   std::size_t buffer_size = 1000;
   std::chrono::milliseconds heartbeat{30000};
+  bool batch = false;  // several events per message: {"type":"events","data":[...]}
   json::object source;
 };
 
@@ -68,6 +72,9 @@ result<stream_options> options_from_json(const json::value& v, const std::string
       auto n = integer(kv.value(), f, 1, 10000);
       if (!n) return std::move(n).error();
       o.buffer_size = static_cast<std::size_t>(*n);
+    } else if (key == "batch") {
+      if (!kv.value().is_bool()) return error::invalid(f, "must be true or false");
+      o.batch = kv.value().get_bool();
     } else if (key == "heartbeatInterval") {
       auto n = integer(kv.value(), f, 100, 3'600'000);
       if (!n) return std::move(n).error();
@@ -104,7 +111,8 @@ result<log_position> start_position(event_store& store, log_tailer& tailer, cons
   return log_position(0);
 }
 
-std::string message(std::string_view type, std::string_view stream_id, std::string_view data_json) {
+std::string message(std::string_view type, std::string_view stream_id, std::string_view data_json,
+                    std::string_view time_text = {}) {
   std::string out;
   out.reserve(data_json.size() + 96);
   out += "{\"type\":\"";
@@ -114,7 +122,8 @@ std::string message(std::string_view type, std::string_view stream_id, std::stri
   out += ",\"data\":";
   out += data_json;
   out += ",\"timestamp\":\"";
-  out += format_rfc3339(default_clock().now());
+  if (time_text.empty()) out += format_rfc3339(default_clock().now());
+  else out += time_text;
   out += "\"}";
   return out;
 }
@@ -129,18 +138,26 @@ std::string error_message(std::string_view stream_id, const error& e) {
 struct signal {
   explicit signal(asio::any_io_executor ex) : timer(ex) {}
   asio::steady_timer timer;
+  bool pending = false;  // notified while nobody waited: the next wait returns at once
   asio::awaitable<void> wait_until(std::chrono::steady_clock::time_point deadline) {
-    timer.expires_at(deadline);
-    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!pending) {
+      timer.expires_at(deadline);
+      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    pending = false;
   }
-  void notify() { timer.cancel(); }
+  void notify() {
+    pending = true;
+    timer.cancel();
+  }
 };
 
 // ---------------------------------------------------------------------------------------
 // WebSocket
 
 constexpr std::size_t max_streams_per_connection = 100;
-constexpr std::size_t outbox_limit = 2048;      // messages waiting to be written
+constexpr std::size_t outbox_limit = 2048;               // messages waiting to be written
+constexpr std::size_t outbox_byte_limit = 8 * 1024 * 1024;  // and their bytes, per connection
 constexpr int error_storm_limit = 50;           // client errors per 10 s before we close
 
 struct ws_connection;
@@ -166,6 +183,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
   std::string client_id;
   asio::any_io_executor executor;
   std::deque<std::string> outbox;
+  std::size_t outbox_bytes = 0;
   signal outbox_ready, outbox_space;
   std::optional<websocket::close_reason> close_with;  // the writer sends it, then stops
   bool done = false;
@@ -174,9 +192,11 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
   std::chrono::steady_clock::time_point error_window = std::chrono::steady_clock::now();
 
   void send(std::string msg) {
+    outbox_bytes += msg.size();
     outbox.push_back(std::move(msg));
     outbox_ready.notify();
   }
+  bool outbox_full() const { return outbox.size() >= outbox_limit || outbox_bytes >= outbox_byte_limit; }
 
   void close(websocket::close_code code, std::string reason) {
     if (!close_with) close_with = websocket::close_reason(code, reason);
@@ -185,10 +205,19 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
 
   asio::awaitable<void> writer() {
     auto self = shared_from_this();
+    bool corked = false;
+    auto cork = [&](bool on) {
+      if (on == corked) return;
+      int v = on ? 1 : 0;
+      ::setsockopt(beast::get_lowest_layer(ws).socket().native_handle(), IPPROTO_TCP, TCP_CORK, &v, sizeof v);
+      corked = on;
+    };
     while (true) {
       while (!outbox.empty()) {
+        if (outbox.size() > 1) cork(true);
         std::string msg = std::move(outbox.front());
         outbox.pop_front();
+        outbox_bytes -= msg.size();
         outbox_space.notify();
         ws.text(true);
         auto [ec, n] = co_await ws.async_write(asio::buffer(msg), asio::as_tuple(asio::use_awaitable));
@@ -197,6 +226,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
           co_return;
         }
       }
+      cork(false);
       if (close_with) {
         (void)co_await ws.async_close(*close_with, asio::as_tuple(asio::use_awaitable));
         finish();
@@ -244,8 +274,15 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
     send(message("subscription_confirmed", s->info->id, json::serialize(confirmed)));
     auto next_heartbeat = std::chrono::steady_clock::now() + s->options.heartbeat;
     while (!s->closed && !done) {
-      auto batch = co_await run_blocking(state.workers, [&, after = s->position] {
-        return state.tailer.read_after(after, s->options.buffer_size);
+      // Backpressure before reading: a connection that does not read holds at most its
+      // outbox (bounded in messages and bytes), never a batch per stream on top of it.
+      while (outbox_full() && !done && !s->closed)
+        co_await outbox_space.wait_until(std::chrono::steady_clock::time_point::max());
+      if (s->closed || done) break;
+      const std::size_t room = s->options.batch ? s->options.buffer_size
+                                                : std::min(s->options.buffer_size, outbox_limit - outbox.size());
+      auto batch = co_await run_blocking(state.workers, [&, after = s->position, room] {
+        return state.tailer.read_after(after, room);
       });
       if (s->closed || done) break;
       if (!batch) {
@@ -264,21 +301,34 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
         continue;
       }
       std::string data;
+      const auto now = default_clock().now();
+      const std::string now_text = format_rfc3339(now);
+      std::size_t matched = 0;
+      if (s->options.batch) data += '[';
       for (const auto& e : *batch) {
         if (s->filter.matches(*e)) {
-          data.clear();
-          write_event_json(data, *e);
-          send(message("event", s->info->id, data));
-          ++s->info->events_delivered;
-          s->info->last_event_at = to_micros(default_clock().now());
+          if (s->options.batch) {
+            if (matched) data += ',';
+            write_event_json(data, *e);
+          } else {
+            data.clear();
+            write_event_json(data, *e);
+            send(message("event", s->info->id, data, now_text));
+          }
+          ++matched;
         }
         s->position = e->position;
       }
+      if (s->options.batch && matched) {
+        data += ']';
+        send(message("events", s->info->id, data, now_text));
+      }
+      if (matched) {
+        s->info->events_delivered += matched;
+        s->info->last_event_at = to_micros(now);
+      }
       s->info->position = s->position.value;
       next_heartbeat = std::chrono::steady_clock::now() + s->options.heartbeat;
-      // Backpressure: a slow client makes this stream wait, never the others or appends.
-      while (outbox.size() > outbox_limit && !done && !s->closed)
-        co_await outbox_space.wait_until(std::chrono::steady_clock::time_point::max());
     }
   }
 
