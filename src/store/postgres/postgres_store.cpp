@@ -701,6 +701,9 @@ struct postgres_store::impl {
       if (!db || db->broken()) {
         auto c = connect();
         db = c ? std::move(*c) : nullptr;
+        // A wake-up carries no data: its transaction need not wait for a WAL flush next to
+        // the writer's commits.
+        if (db) (void)db->exec("SET synchronous_commit = off");
       }
       if (db) (void)db->exec("NOTIFY pliers_events");
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
