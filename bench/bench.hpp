@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -71,7 +72,7 @@ struct row {
   double bench_cpu = 0;              // CPU seconds of this process during the scenario
   std::vector<double> runs_eps;      // events/s of every run (set when runs are combined)
   // PostgreSQL rows only.
-  std::optional<double> pg_cpu;           // CPU seconds of all local postgres processes
+  std::optional<double> pg_cpu;           // CPU seconds of the PostgreSQL server processes (local server)
   std::optional<std::int64_t> pg_xids;    // transaction ids assigned (= write transactions)
   std::optional<double> pg_wal_bytes;     // WAL written (pg_current_wal_lsn difference)
   std::vector<std::pair<std::string, double>> steps_ms;  // mean ms per request of each statement
@@ -106,17 +107,17 @@ void progress(const std::string& line);  // to stderr
 void run_http(const config& cfg, const event_shape& shape, std::vector<row>& out);
 // HTTP scenarios a/b (one client) and c (cfg.clients clients) against a server on
 // `store_url` ("" = a fresh SQLite file in the scenario directory), as rows of `layer`.
+// `probe` (if set) is called with true just before the clock starts and false just after
+// it stops.
 row http_sequential_writes(const config& cfg, const event_shape& shape, const std::string& layer,
                            const std::string& store_url, const char* key, const std::string& label, int appends,
-                           int per_append);
+                           int per_append, const std::function<void(bool)>& probe = {});
 row http_concurrent_writes(const config& cfg, const event_shape& shape, const std::string& layer,
-                           const std::string& store_url);
+                           const std::string& store_url, const std::function<void(bool)>& probe = {});
 void run_api(const config& cfg, const event_shape& shape, std::vector<row>& out);
 void run_raw_sqlite(const config& cfg, const event_shape& shape, std::vector<row>& out);
 
 // --- PostgreSQL (pg_bench.cpp) --------------------------------------------------------------
-// Checks once that the raw tables have the store's schema and indexes (throws if not).
-void check_pg_schema(const config& cfg);
 // One run of the PostgreSQL section: raw libpq, C++ API, HTTP, JSON index kinds, statements.
 void run_pg(const config& cfg, const event_shape& shape, std::vector<row>& out);
 // The PostgreSQL section of the results (empty when no PostgreSQL rows).

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <boost/json.hpp>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -149,7 +150,7 @@ std::vector<double> post_appends(http_client& client, const std::string& target,
 // Scenarios a and b: one client, `appends` appends of `per_append` events to one aggregate.
 row http_sequential_writes(const config& cfg, const event_shape& shape, const std::string& layer,
                            const std::string& store_url, const char* key, const std::string& label, int appends,
-                           int per_append) {
+                           int per_append, const std::function<void(bool)>& probe) {
   auto dir = scenario_dir(cfg, std::string("http-") + key);
   row r{layer, key, label};
   {
@@ -157,11 +158,13 @@ row http_sequential_writes(const config& cfg, const event_shape& shape, const st
     auto client = connect(server.url());
     const std::string body = shape.append_body(per_append);
     const std::string target = "/v1/aggregates/bench-order-1/events";
+    if (probe) probe(true);
     const auto cpu0 = server.cpu_seconds();
     const auto bench_cpu0 = process_cpu_seconds();
     const auto t0 = steady::now();
     auto lat = post_appends(*client, target, body, appends);
     r.seconds = seconds_since(t0);
+    if (probe) probe(false);
     r.bench_cpu = process_cpu_seconds() - bench_cpu0;
     if (auto cpu1 = server.cpu_seconds(); cpu0 && cpu1) r.server_cpu = *cpu1 - *cpu0;
     r.events = static_cast<std::int64_t>(appends) * per_append;
@@ -176,7 +179,7 @@ row http_sequential_writes(const config& cfg, const event_shape& shape, const st
 
 // Scenario c: `clients` threads, each its own keep-alive connection and its own aggregate.
 row http_concurrent_writes(const config& cfg, const event_shape& shape, const std::string& layer,
-                           const std::string& store_url) {
+                           const std::string& store_url, const std::function<void(bool)>& probe) {
   auto dir = scenario_dir(cfg, "http-concurrent");
   row r{layer, "write_concurrent",
         "c. " + std::to_string(cfg.clients) + " clients x 1 event per append, 1 aggregate each"};
@@ -197,6 +200,7 @@ row http_concurrent_writes(const config& cfg, const event_shape& shape, const st
       bench_cpu0 = process_cpu_seconds();
       t0 = steady::now();
     });
+    if (probe) probe(true);
     std::vector<std::thread> threads;
     for (std::size_t i = 0; i < n; ++i) {
       threads.emplace_back([&, i] {
@@ -211,6 +215,7 @@ row http_concurrent_writes(const config& cfg, const event_shape& shape, const st
     }
     for (auto& t : threads) t.join();
     r.seconds = seconds_since(t0);
+    if (probe) probe(false);
     r.bench_cpu = process_cpu_seconds() - bench_cpu0;
     if (auto cpu1 = server.cpu_seconds(); cpu0 && cpu1) r.server_cpu = *cpu1 - *cpu0;
     for (const auto& e : errors)

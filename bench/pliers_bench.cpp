@@ -1,11 +1,14 @@
 // pliers-bench: write and read throughput of pliers-events over HTTP, through the C++ API,
-// and of raw SQLite writing the same rows, printed as a Markdown table.
+// and of raw SQLite writing the same rows, printed as a Markdown table; with --only pg, the
+// same for the PostgreSQL store against raw libpq (pg_bench.cpp).
 //
 //   pliers-bench                 full run: 3 runs of every scenario, medians (under a minute on 2 cores)
 //   pliers-bench --quick         smoke run (scale 0.05, 1 run, about a second)
 //   pliers-bench --scale 0.1 --only http,raw --output results.md
+//   pliers-bench --only pg --pg-url postgres://postgres@127.0.0.1:54329/pliers_bench
 //
-// Every scenario runs on a fresh SQLite file (WAL, synchronous=FULL) in a temp directory.
+// Every SQLite scenario runs on a fresh SQLite file (WAL, synchronous=FULL) in a temp
+// directory; every PostgreSQL scenario in a fresh schema of the --pg-url database.
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -164,9 +167,16 @@ const row* find(const std::vector<row>& rows, const std::string& layer, const st
   return nullptr;
 }
 
-std::string results_markdown(const config& cfg, const event_shape& shape, const std::vector<row>& rows,
+bool is_sqlite_layer(const std::string& layer) {
+  return layer == "HTTP" || layer == "C++ API" || layer == "raw SQLite";
+}
+
+std::string results_markdown(const config& cfg, const event_shape& shape, const std::vector<row>& all_rows,
                              const std::string& command_line) {
   std::ostringstream md;
+  std::vector<row> rows;
+  for (const auto& r : all_rows)
+    if (is_sqlite_layer(r.layer)) rows.push_back(r);
   char date[64];
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
@@ -174,12 +184,14 @@ std::string results_markdown(const config& cfg, const event_shape& shape, const 
   md << "- command: `" << command_line << "`\n";
   md << "- date: " << date << ", scale " << cfg.scale << ", " << sysconf(_SC_NPROCESSORS_ONLN) << " CPUs online\n";
   md << "- each row is the median (by events/s) of " << cfg.repeat
-     << " run(s); the runs alternate HTTP, C++ API, raw SQLite\n";
+     << " run(s); the runs alternate HTTP, C++ API, raw SQLite (then PostgreSQL)\n";
   md << "- event: " << shape.stored_json_bytes << " bytes as served by the API (payload " << shape.payload_text.size()
      << " bytes, metadata " << shape.metadata_text.size() << " bytes as stored)\n";
-  md << "- every scenario on a fresh SQLite file: WAL, synchronous=FULL\n";
+  md << "- every SQLite scenario on a fresh SQLite file: WAL, synchronous=FULL\n";
   md << "- latency is per request (per append call, per HTTP request, per read page); "
-        "CPU = user+system seconds during the scenario\n\n";
+        "CPU = user+system seconds during the scenario\n";
+  if (rows.empty()) return md.str() + pg_results_markdown(cfg, all_rows);
+  md << "\n";
 
   md << "| Layer | Scenario | Events | Requests | Wall s | Events/s | Range of " << cfg.repeat
      << (cfg.repeat == 1 ? " run" : " runs") << " | p50 ms | p99 ms | Server CPU s | Bench CPU s |\n";
@@ -251,7 +263,7 @@ std::string results_markdown(const config& cfg, const event_shape& shape, const 
   }
   if (cfg.scale < 1.0)
     md << "\n(scale " << cfg.scale << ": a smoke run; the targets are judged on a full run, scale 1.)\n";
-  return md.str();
+  return md.str() + pg_results_markdown(cfg, all_rows);
 }
 
 // Each (layer, scenario): the run with the median events/s, with the range of all runs.
@@ -303,7 +315,13 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", cfg.repeat, "runs of every scenario; the median (lower median if even) is reported")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
-  app.add_option("--only", only, "layers to run, comma-separated: http, api, raw")->capture_default_str();
+  app.add_option("--only", only, "layers to run, comma-separated: http, api, raw (SQLite); pg (PostgreSQL, needs --pg-url)")
+      ->capture_default_str();
+  app.add_option("--pg-url", cfg.pg_url,
+                 "PostgreSQL database for --only pg (libpq URI); every scenario creates and drops a schema in it");
+  app.add_option("--pg-raw-connections", cfg.pg_raw_connections, "connections of the raw concurrent 1-row INSERTs")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--server", server, "pliers-events binary (default: next to pliers-bench)");
   app.add_option("--dir", dir, "where the temp directory with the SQLite files is made")->capture_default_str();
   app.add_option("--output", output, "also write the Markdown results to this file");
@@ -318,8 +336,13 @@ int main(int argc, char** argv) {
   cfg.run_http = only.find("http") != std::string::npos;
   cfg.run_api = only.find("api") != std::string::npos;
   cfg.run_raw = only.find("raw") != std::string::npos;
+  cfg.run_pg = only.find("pg") != std::string::npos;
+  if (cfg.run_pg && cfg.pg_url.empty()) {
+    std::cerr << "pliers-bench: --only pg needs --pg-url postgres://...\n";
+    return 2;
+  }
   cfg.server = server.empty() ? default_server() : fs::path(server);
-  if (cfg.run_http && (cfg.server.empty() || !fs::exists(cfg.server))) {
+  if ((cfg.run_http || cfg.run_pg) && (cfg.server.empty() || !fs::exists(cfg.server))) {
     std::cerr << "pliers-bench: server binary not found ('" << cfg.server.string() << "'); pass --server PATH\n";
     return 2;
   }
@@ -346,6 +369,7 @@ int main(int argc, char** argv) {
       if (cfg.run_http) run_http(cfg, shape, rows);
       if (cfg.run_api) run_api(cfg, shape, rows);
       if (cfg.run_raw) run_raw_sqlite(cfg, shape, rows);
+      if (cfg.run_pg) run_pg(cfg, shape, rows);
     }
   } catch (const std::exception& e) {
     std::cerr << "pliers-bench: FAILED: " << e.what() << "\n";
