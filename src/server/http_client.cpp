@@ -3,6 +3,9 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 namespace pliers {
 
@@ -11,6 +14,50 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
+namespace {
+
+// A blocking stream whose every read and write waits at most `timeout_ms` for the socket
+// (poll, then the actual call, which then cannot block). Asio's own synchronous calls
+// ignore deadlines and SO_RCVTIMEO (they poll without a limit on EAGAIN).
+struct deadline_socket {
+  tcp::socket& socket;
+  int timeout_ms;
+
+  bool wait(short events, boost::system::error_code& ec) const {
+    pollfd p{socket.native_handle(), events, 0};
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r > 0) return true;
+    ec = r == 0 ? asio::error::timed_out : boost::system::error_code(errno, boost::system::system_category());
+    return false;
+  }
+  template <class Buffers>
+  std::size_t read_some(const Buffers& b, boost::system::error_code& ec) {
+    if (!wait(POLLIN, ec)) return 0;
+    return socket.read_some(b, ec);
+  }
+  template <class Buffers>
+  std::size_t read_some(const Buffers& b) {
+    boost::system::error_code ec;
+    auto n = read_some(b, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+  template <class Buffers>
+  std::size_t write_some(const Buffers& b, boost::system::error_code& ec) {
+    if (!wait(POLLOUT, ec)) return 0;
+    return socket.write_some(b, ec);
+  }
+  template <class Buffers>
+  std::size_t write_some(const Buffers& b) {
+    boost::system::error_code ec;
+    auto n = write_some(b, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+};
+
+}  // namespace
+
 struct http_client::impl {
   asio::io_context ioc;
   std::string host, port;
@@ -18,30 +65,31 @@ struct http_client::impl {
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
 
-  // Runs one asynchronous operation to completion: tcp_stream deadlines apply only to
-  // asynchronous operations, so this is how a blocking call gets a timeout.
-  template <class Start>
-  boost::system::error_code run(Start start) {
-    boost::system::error_code result = asio::error::would_block;
-    start([&](boost::system::error_code ec, auto&&...) { result = ec; });
-    ioc.restart();
-    ioc.run();
-    return result;
-  }
-
+  // Blocking I/O with deadlines: SO_SNDTIMEO bounds connect (Linux honours it there), and
+  // deadline_socket bounds every read and write, so a stopped server cannot hang the caller.
   result<void> open() {
     boost::system::error_code ec;
     tcp::resolver resolver(ioc);
     auto eps = resolver.resolve(host, port, ec);
     if (ec) return error::make(errc::unavailable, "cannot resolve " + host + ":" + port + ": " + ec.message());
     stream.emplace(ioc);
-    stream->expires_after(timeout);
-    ec = run([&](auto handler) { stream->async_connect(eps, std::move(handler)); });
+    auto& sock = stream->socket();
+    const timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+    ec = asio::error::host_not_found;
+    for (const auto& entry : eps) {
+      boost::system::error_code ignored;
+      sock.close(ignored);
+      sock.open(entry.endpoint().protocol(), ec);
+      if (ec) continue;
+      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      sock.connect(entry.endpoint(), ec);
+      if (!ec) break;
+    }
     if (ec) {
       stream.reset();
       return error::make(errc::unavailable, "cannot connect to " + host + ":" + port + ": " + ec.message());
     }
-    stream->socket().set_option(tcp::no_delay(true), ec);
+    sock.set_option(tcp::no_delay(true), ec);
     buffer.clear();
     return {};
   }
@@ -92,14 +140,12 @@ result<http_response> http_client::request(std::string_view method, std::string_
     if (!p.stream) {
       if (auto r = p.open(); !r) return std::move(r).error();
     }
-    p.stream->expires_after(p.timeout);
-    auto ec = p.run([&](auto handler) { http::async_write(*p.stream, req, std::move(handler)); });
+    boost::system::error_code ec;
+    deadline_socket io{p.stream->socket(), static_cast<int>(p.timeout.count())};
+    http::write(io, req, ec);
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::uint64_t{1} << 32);
-    if (!ec) {
-      p.stream->expires_after(p.timeout);
-      ec = p.run([&](auto handler) { http::async_read(*p.stream, p.buffer, parser, std::move(handler)); });
-    }
+    if (!ec) http::read(io, p.buffer, parser, ec);
     if (ec) {
       p.stream.reset();
       if (attempt == 0 && reused && retryable &&
