@@ -31,9 +31,13 @@ log_position log_tailer::head() const {
 }
 
 std::uint64_t log_tailer::add_listener(listener l) {
-  std::lock_guard lock(listeners_mutex_);
-  auto id = next_listener_++;
-  listeners_.emplace(id, std::make_shared<listener>(std::move(l)));
+  std::uint64_t id;
+  {
+    std::lock_guard lock(listeners_mutex_);
+    id = next_listener_++;
+    listeners_.emplace(id, std::make_shared<listener>(std::move(l)));
+  }
+  wake();  // an idle tailer catches up for its new listener
   return id;
 }
 
@@ -45,15 +49,14 @@ void log_tailer::remove_listener(std::uint64_t id) {
 result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position after, std::size_t max) {
   {
     std::shared_lock lock(ring_mutex_);
-    if (after >= head_) return std::vector<event_ptr>{};
-    if (!ring_.empty() && after.value >= ring_.front()->position.value - 1) {
+    if (!ring_.empty() && after.value >= ring_.front()->position.value - 1 && after < head_) {
       auto first = static_cast<std::size_t>(after.value - (ring_.front()->position.value - 1));
       auto n = std::min(max, ring_.size() - first);
       return std::vector<event_ptr>(ring_.begin() + static_cast<std::ptrdiff_t>(first),
                                     ring_.begin() + static_cast<std::ptrdiff_t>(first + n));
     }
   }
-  // Older than the ring: from the store.
+  // Not in the ring (older, or newer than an idle tailer has seen): from the store.
   auto events = store_.read_all(after, max);
   if (!events) return std::move(events).error();
   std::vector<event_ptr> out;
@@ -69,6 +72,17 @@ void log_tailer::run() {
       wake_cv_.wait_for(lock, opts_.poll_interval, [&] { return woken_ || stopping_; });
       if (stopping_) return;
       woken_ = false;
+    }
+    {
+      // Nobody listens: do not read (and parse) every commit back; catch up when a
+      // listener arrives, jumping ahead when more than a ring's worth was missed.
+      std::lock_guard lock(listeners_mutex_);
+      if (listeners_.empty()) continue;
+    }
+    if (auto store_head = store_.head(); store_head.value - head().value > static_cast<std::int64_t>(opts_.ring_capacity)) {
+      std::unique_lock lock(ring_mutex_);
+      ring_.clear();
+      head_ = log_position(store_head.value - static_cast<std::int64_t>(opts_.ring_capacity));
     }
     while (true) {
       log_position from = head();

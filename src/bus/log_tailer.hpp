@@ -3,6 +3,8 @@
 // processes' through LISTEN/NOTIFY on PostgreSQL) and, as a safety net, every
 // poll_interval. It keeps the most recent `ring_capacity` events in memory.
 //
+// The tailer follows the log only while it has listeners (a server with no subscriber does
+// not read every commit back); read_after answers from the store whatever the ring lacks.
 // Readers never receive a pushed event: each reader keeps its own position and asks for
 // "events after p" (read_after). Recent positions come from the ring, older ones from the
 // store, so a reader sees every position once, in order, with no gap and no duplicate,
@@ -42,7 +44,7 @@ class log_tailer {
 
   // Events with position > after, at most max, in position order. Blocking (store reads).
   result<std::vector<event_ptr>> read_after(log_position after, std::size_t max);
-  // The highest position the tailer has seen.
+  // The highest position the tailer has seen (it may lag the store while idle).
   log_position head() const;
   // Listeners run on the tailer thread after the head advanced; they must not block.
   std::uint64_t add_listener(listener l);
