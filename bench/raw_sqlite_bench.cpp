@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "store/sqlite/sqlite_store.hpp"
 #include "bench.hpp"
 #include "core/uuid.hpp"
 
@@ -15,43 +16,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Copied from src/store/sqlite/sqlite_store.cpp (schema version 1). Keep in sync.
-constexpr const char* schema = R"sql(
-CREATE TABLE events (
-  position INTEGER PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  type TEXT NOT NULL,
-  version INTEGER NOT NULL DEFAULT 1,
-  timestamp INTEGER NOT NULL,
-  aggregate_id TEXT NOT NULL,
-  aggregate_type TEXT NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  causation_id TEXT,
-  correlation_id TEXT,
-  metadata TEXT NOT NULL,
-  payload TEXT NOT NULL,
-  UNIQUE (aggregate_id, sequence_number)
-);
-CREATE INDEX idx_events_type ON events (type);
-CREATE INDEX idx_events_timestamp ON events (timestamp);
-CREATE INDEX idx_events_correlation ON events (correlation_id) WHERE correlation_id IS NOT NULL;
-CREATE TABLE aggregates (
-  aggregate_id TEXT PRIMARY KEY,
-  aggregate_type TEXT NOT NULL,
-  version INTEGER NOT NULL,
-  event_count INTEGER NOT NULL,
-  first_timestamp INTEGER NOT NULL,
-  last_timestamp INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE snapshots (
-  aggregate_id TEXT NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  aggregate_type TEXT NOT NULL,
-  data TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  PRIMARY KEY (aggregate_id, sequence_number)
-) WITHOUT ROWID;
-)sql";
+// The store's own DDL (schema version 1: events, aggregates, snapshots), so the raw figure
+// is for the same tables and indexes.
+const char* const schema = sqlite_store::schema_sql();
 
 constexpr const char* insert_sql =
     "INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
