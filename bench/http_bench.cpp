@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "bench.hpp"
+#include "bench_server.hpp"
 #include "server/http_client.hpp"
 
 extern char** environ;
@@ -28,102 +29,6 @@ namespace json = boost::json;
 
 namespace {
 
-// One pliers-events process: `serve --store STORE --listen 127.0.0.1:0 --ready-file
-// DIR/ready`, STORE = sqlite:DIR/events.db unless given; stdout and stderr go to DIR/server.log.
-class server_process {
- public:
-  server_process(const fs::path& binary, const fs::path& dir, const std::string& store_url = {}) : dir_(dir) {
-    const std::string store = store_url.empty() ? "sqlite:" + (dir / "events.db").string() : store_url;
-    const std::string ready = (dir / "ready").string();
-    const std::string log = (dir / "server.log").string();
-    std::vector<std::string> args = {binary.string(), "serve",        "--store",      store,
-                                     "--listen",      "127.0.0.1:0", "--ready-file", ready};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid = 0;
-    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw failure("cannot start " + binary.string() + ": " + std::strerror(rc));
-    pid_ = pid;
-
-    const auto deadline = steady::now() + std::chrono::seconds(20);
-    while (true) {
-      if (fs::exists(ready)) {
-        std::ifstream in(ready);
-        std::string where;
-        in >> where;
-        if (!where.empty()) {
-          url_ = "http://" + where;
-          break;
-        }
-      }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        throw failure("the server exited before it was ready:\n" + log_text());
-      }
-      if (steady::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        throw failure("the server did not become ready in 20 s:\n" + log_text());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  }
-
-  ~server_process() {
-    try {
-      stop();
-    } catch (...) {
-    }
-  }
-
-  const std::string& url() const { return url_; }
-  int pid() const { return pid_; }
-  std::optional<double> cpu_seconds() const { return process_cpu_seconds(pid_); }
-
-  // SIGTERM, then wait (SIGKILL after 15 s). Throws when the server did not exit cleanly.
-  void stop() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    const auto deadline = steady::now() + std::chrono::seconds(15);
-    int status = 0;
-    while (true) {
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) break;
-      if (steady::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        throw failure("the server did not stop within 15 s of SIGTERM");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    pid_ = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-      throw failure("the server ended abnormally (status " + std::to_string(status) + "):\n" + log_text());
-  }
-
-  std::string log_text() const {
-    std::ifstream in(dir_ / "server.log");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    auto s = ss.str();
-    return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
-  }
-
- private:
-  fs::path dir_;
-  pid_t pid_ = -1;
-  std::string url_;
-};
 
 std::unique_ptr<http_client> connect(const std::string& url) {
   auto c = http_client::connect(url, std::chrono::seconds(120));

@@ -93,27 +93,6 @@ std::string event_shape::append_body(int n) const {
 
 // ---------------------------------------------------------------------------------------
 
-double process_cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
-  return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-std::optional<double> process_cpu_seconds(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = text.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream fields(text.substr(close + 2));
-  // Fields after "(comm)": state(3) ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
-  // cmajflt utime(14) stime(15).
-  std::string f;
-  for (int i = 3; i <= 13; ++i) fields >> f;
-  long long utime = 0, stime = 0;
-  if (!(fields >> utime >> stime)) return std::nullopt;
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
 
 void set_percentiles(row& r, std::vector<double> v) {
   if (v.empty()) return;

@@ -61,6 +61,7 @@
 #include "core/event_codec.hpp"
 #include "core/uuid.hpp"
 #include "server/http_client.hpp"
+#include "bench_server.hpp"
 
 #ifndef PLIERS_EVENTS_BINARY
 #define PLIERS_EVENTS_BINARY ""
@@ -79,10 +80,9 @@ using tcp = asio::ip::tcp;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-class failure : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+using bench::failure;
+using bench::server_process;
+using bench::status_kb;
 
 void progress(const std::string& line) { std::cerr << "pliers-stream-bench: " << line << std::endl; }
 
@@ -95,47 +95,11 @@ inline double ns_to_ms(std::int64_t ns) { return static_cast<double>(ns) / 1e6; 
 
 // --- process measurements ------------------------------------------------------------------
 
-double self_cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
-  return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
 double thread_cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_THREAD, &ru);
   auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
   return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-// utime+stime of another process, from /proc/PID/stat.
-double process_cpu_seconds(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = text.rfind(')');
-  if (close == std::string::npos) throw failure("cannot read /proc/" + std::to_string(pid) + "/stat");
-  std::istringstream fields(text.substr(close + 2));
-  std::string f;
-  for (int i = 3; i <= 13; ++i) fields >> f;  // state .. cmajflt
-  long long utime = 0, stime = 0;
-  if (!(fields >> utime >> stime)) throw failure("cannot parse /proc/" + std::to_string(pid) + "/stat");
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// A "Name:   value kB" line of /proc/PID/status, in kB (-1 when absent).
-long status_kb(const std::string& pid, const std::string& name) {
-  std::ifstream in("/proc/" + pid + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(name + ":", 0) == 0) {
-      std::istringstream v(line.substr(name.size() + 1));
-      long kb = -1;
-      v >> kb;
-      return kb;
-    }
-  }
-  return -1;
 }
 
 std::size_t open_fds(int pid) {
@@ -149,113 +113,6 @@ std::size_t open_fds(int pid) {
 
 // --- the server ----------------------------------------------------------------------------
 
-// One pliers-events process: `serve --store sqlite:DIR/events.db --listen 127.0.0.1:0
-// --ready-file DIR/ready`, output to DIR/server.log, default configuration (the environment
-// is inherited, so PLIERS_* variables apply). Same as http_bench.cpp's.
-class server_process {
- public:
-  server_process(const fs::path& binary, const fs::path& dir) : dir_(dir) {
-    const std::string store = "sqlite:" + (dir / "events.db").string();
-    const std::string ready = (dir / "ready").string();
-    const std::string log = (dir / "server.log").string();
-    std::vector<std::string> args = {binary.string(), "serve",        "--store",      store,
-                                     "--listen",      "127.0.0.1:0", "--ready-file", ready};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid = 0;
-    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw failure("cannot start " + binary.string() + ": " + std::strerror(rc));
-    pid_ = pid;
-    const auto deadline = steady::now() + 20s;
-    while (true) {
-      if (fs::exists(ready)) {
-        std::ifstream in(ready);
-        std::string where;
-        in >> where;
-        if (!where.empty()) {
-          hostport_ = where;
-          break;
-        }
-      }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        throw failure("the server exited before it was ready:\n" + log_text());
-      }
-      if (steady::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        throw failure("the server did not become ready in 20 s:\n" + log_text());
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-  }
-  ~server_process() {
-    try {
-      stop();
-    } catch (...) {
-    }
-  }
-  std::string url() const { return "http://" + hostport_; }
-  const std::string& hostport() const { return hostport_; }
-  tcp::endpoint endpoint() const {
-    auto colon = hostport_.rfind(':');
-    return {asio::ip::make_address(hostport_.substr(0, colon)),
-            static_cast<unsigned short>(std::stoi(hostport_.substr(colon + 1)))};
-  }
-  int pid() const { return pid_; }
-  double cpu_seconds() const { return process_cpu_seconds(pid_); }
-  long rss_kb() const { return status_kb(std::to_string(pid_), "VmRSS"); }
-  long hwm_kb() const { return status_kb(std::to_string(pid_), "VmHWM"); }
-  long threads() const {
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("Threads:", 0) == 0) return std::stol(line.substr(8));
-    return -1;
-  }
-
-  void stop() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    const auto deadline = steady::now() + 15s;
-    int status = 0;
-    while (true) {
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) break;
-      if (steady::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        throw failure("the server did not stop within 15 s of SIGTERM");
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-    pid_ = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-      throw failure("the server ended abnormally (status " + std::to_string(status) + "):\n" + log_text());
-  }
-  std::string log_text() const {
-    std::ifstream in(dir_ / "server.log");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    auto s = ss.str();
-    return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
-  }
-
- private:
-  fs::path dir_;
-  pid_t pid_ = -1;
-  std::string hostport_;
-};
 
 // --- the event -----------------------------------------------------------------------------
 
@@ -644,7 +501,7 @@ latency_row run_latency(const config& cfg, const event_shape& shape, int rate) {
     const std::string body = shape.append_body(1);
     std::vector<std::string> errors(static_cast<std::size_t>(r.writers));
     std::atomic<std::int64_t> late{0};
-    const double cpu0 = server.cpu_seconds(), self0 = self_cpu_seconds();
+    const double cpu0 = server.cpu_seconds().value_or(0.0), self0 = bench::process_cpu_seconds();
     const auto t0 = steady::now() + 20ms;
     const auto period = std::chrono::duration<double>(1.0 / rate);
     std::vector<std::thread> threads;
@@ -678,8 +535,8 @@ latency_row run_latency(const config& cfg, const event_shape& shape, int rate) {
       if (!e.empty()) throw failure("latency writer: " + e);
     if (!pool.wait_all(20s)) throw failure("the subscriber did not receive every event within 20 s");
     r.seconds = std::chrono::duration<double>(steady::now() - t0).count();
-    r.server_cpu = server.cpu_seconds() - cpu0;
-    r.client_cpu = self_cpu_seconds() - self0;
+    r.server_cpu = server.cpu_seconds().value_or(0.0) - cpu0;
+    r.client_cpu = bench::process_cpu_seconds() - self0;
     r.late_sends = late.load();
     pool.shutdown();
     r.out_of_order = pool.subs()[0]->out_of_order;
@@ -769,7 +626,7 @@ fanout_row run_fanout(const config& cfg, const event_shape& shape, int offered_e
     pool.expect(r.events);
     std::vector<std::int64_t> acked(capacity, 0);
     std::string error;
-    const double cpu0 = server.cpu_seconds(), self0 = self_cpu_seconds();
+    const double cpu0 = server.cpu_seconds().value_or(0.0), self0 = bench::process_cpu_seconds();
     const auto t0 = steady::now();
     const auto t0_ns = now_ns();
     std::int64_t writer_end = 0, append_ns = 0;
@@ -804,8 +661,8 @@ fanout_row run_fanout(const config& cfg, const event_shape& shape, int offered_e
       throw failure("fan-out: not every subscriber received all " + std::to_string(r.events) +
                     " events within 90 s (slowest: " + std::to_string(min_received) + ")");
     }
-    r.server_cpu = server.cpu_seconds() - cpu0;
-    r.client_cpu = self_cpu_seconds() - self0;
+    r.server_cpu = server.cpu_seconds().value_or(0.0) - cpu0;
+    r.client_cpu = bench::process_cpu_seconds() - self0;
     pool.shutdown();
     std::int64_t last_done = 0, first_done = INT64_MAX, bytes = 0, messages = 0, batches = 0;
     std::vector<double> lag;
