@@ -12,7 +12,28 @@ int consumer_group_member::partition_of(std::string_view aggregate_id, int parti
 
 consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                                              std::string member, event_filter filter, handler h, options opts)
-    : store_(store), tailer_(tailer), clock_(clk), group_(std::move(group)), member_(std::move(member)),
+    : consumer_group_member(store, tailer, clk, std::move(group), std::move(member), std::move(filter),
+                            batch_handler([this, h = std::move(h)](std::span<const event* const> batch) {
+                              for (const event* e : batch) {
+                                try {
+                                  h(*e);
+                                  ++processed_;
+                                } catch (...) {
+                                  ++failures_;  // per-event handlers: counted, skipped
+                                }
+                              }
+                            }),
+                            opts, true) {}
+
+consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
+                                             std::string member, event_filter filter, batch_handler h, options opts)
+    : consumer_group_member(store, tailer, clk, std::move(group), std::move(member), std::move(filter), std::move(h),
+                            opts, false) {}
+
+consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
+                                             std::string member, event_filter filter, batch_handler h, options opts,
+                                             bool counts_itself)
+    : counts_itself_(counts_itself), store_(store), tailer_(tailer), clock_(clk), group_(std::move(group)), member_(std::move(member)),
       filter_(std::move(filter)), handler_(std::move(h)), opts_(opts) {
   listener_ = tailer_.add_listener([this](log_position) {
     std::lock_guard lock(mutex_);
@@ -81,31 +102,45 @@ void consumer_group_member::sync() {
 }
 
 bool consumer_group_member::process() {
+  if (std::chrono::steady_clock::now() < retry_at_) return false;
   std::map<int, log_position> owned;
   {
     std::lock_guard lock(mutex_);
     owned = owned_;
   }
+  // Partitions standing at the same checkpoint share one read and one handler call (the
+  // usual case once caught up).
+  std::map<std::int64_t, std::vector<int>> by_position;
+  for (const auto& [partition, position] : owned) by_position[position.value].push_back(partition);
   bool worked = false;
-  for (auto& [partition, position] : owned) {
-    auto batch = tailer_.read_after(position, opts_.batch);
+  std::vector<const event*> matching;
+  for (const auto& [from, partitions] : by_position) {
+    auto batch = tailer_.read_after(log_position(from), opts_.batch);
     if (!batch || batch->empty()) continue;
     worked = true;
-    for (const auto& e : *batch) {
-      if (partition_of(e->aggregate_id, opts_.partitions) == partition && filter_.matches(*e)) {
-        try {
-          handler_(*e);
-          ++processed_;
-        } catch (...) {
-          ++failures_;  // retried by the retry engine once it exists; here: counted, skipped
-        }
+    std::vector<bool> mine(static_cast<std::size_t>(opts_.partitions), false);
+    for (int p : partitions) mine[static_cast<std::size_t>(p)] = true;
+    matching.clear();
+    for (const auto& e : *batch)
+      if (mine[static_cast<std::size_t>(partition_of(e->aggregate_id, opts_.partitions))] && filter_.matches(*e))
+        matching.push_back(e.get());
+    if (!matching.empty()) {
+      try {
+        handler_(matching);
+        if (!counts_itself_) processed_ += matching.size();
+      } catch (...) {
+        ++failures_;  // nothing checkpointed: the batch comes again
+        retry_at_ = std::chrono::steady_clock::now() + opts_.retry_delay;
+        return false;
       }
-      position = e->position;
     }
-    auto kept = store_.group_checkpoint(group_, partition, member_, position);
-    std::lock_guard lock(mutex_);
-    if (kept && !*kept) owned_.erase(partition);  // lost the lease: stop at once
-    else if (owned_.count(partition)) owned_[partition] = position;
+    const log_position last = batch->back()->position;
+    for (int partition : partitions) {
+      auto kept = store_.group_checkpoint(group_, partition, member_, last);
+      std::lock_guard lock(mutex_);
+      if (kept && !*kept) owned_.erase(partition);  // lost the lease: stop at once
+      else if (owned_.count(partition)) owned_[partition] = last;
+    }
   }
   return worked;
 }

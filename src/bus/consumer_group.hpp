@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <span>
 #include <mutex>
 #include <thread>
 
@@ -32,11 +33,19 @@ class consumer_group_member {
     std::chrono::milliseconds heartbeat{1000};
     std::size_t batch = 500;
     subscription_start start = subscription_start::beginning();  // where a new group begins
+    std::chrono::milliseconds retry_delay{1000};  // after a batch handler threw
   };
+  // Per event: a handler that throws is counted and the event skipped.
   using handler = std::function<void(const event&)>;
+  // Per batch (the matching events of the partitions that stood at one checkpoint): the
+  // checkpoints move only when it returns; when it throws they stay, and the batch comes
+  // again after `retry_delay` (at-least-once for work that must not be skipped).
+  using batch_handler = std::function<void(std::span<const event* const>)>;
 
   consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                         std::string member, event_filter filter, handler h, options opts);
+  consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
+                        std::string member, event_filter filter, batch_handler h, options opts);
   ~consumer_group_member();
   consumer_group_member(const consumer_group_member&) = delete;
   consumer_group_member& operator=(const consumer_group_member&) = delete;
@@ -47,6 +56,9 @@ class consumer_group_member {
   static int partition_of(std::string_view aggregate_id, int partitions);
 
  private:
+  consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group, std::string member,
+                        event_filter filter, batch_handler h, options opts, bool counts_itself);
+  const bool counts_itself_;  // the per-event wrapper counts processed_ itself
   void run();
   void sync();
   bool process();  // true when it did some work
@@ -56,7 +68,7 @@ class consumer_group_member {
   const clock& clock_;
   const std::string group_, member_;
   const event_filter filter_;
-  const handler handler_;
+  const batch_handler handler_;
   const options opts_;
   std::uint64_t listener_ = 0;
   mutable std::mutex mutex_;
@@ -64,7 +76,7 @@ class consumer_group_member {
   bool stopping_ = false, woken_ = false;  // GUARDED_BY(mutex_)
   std::map<int, log_position> owned_;      // GUARDED_BY(mutex_); written by the member thread only
   std::atomic<std::uint64_t> processed_{0}, failures_{0};
-  std::chrono::steady_clock::time_point next_sync_{};
+  std::chrono::steady_clock::time_point next_sync_{}, retry_at_{};
   std::thread thread_;
 };
 

@@ -1,6 +1,7 @@
 // Client subcommands against a running server. Output: JSON lines on stdout; problems on
 // stderr with exit code 1.
 #include <boost/json.hpp>
+#include <cctype>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -232,6 +233,148 @@ void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command
         }
       }
       return 0;
+    });
+  }
+}
+
+namespace {
+
+std::string url_encode(std::string_view v) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char ch : v) {
+    if (std::isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '~' || ch == '*') out += static_cast<char>(ch);
+    else {
+      out += '%';
+      out += hex[ch >> 4];
+      out += hex[ch & 15];
+    }
+  }
+  return out;
+}
+
+// Prints a 2xx JSON answer (one line) or reports the problem.
+int print_reply(const result<http_response>& r) {
+  if (!r) return report(r.error());
+  if (r->status >= 300) return report(*r);
+  if (!r->body.empty()) std::cout << r->body << "\n";
+  return 0;
+}
+
+std::string read_input(const std::string& path) {
+  std::stringstream ss;
+  if (path == "-") ss << std::cin.rdbuf();
+  else {
+    std::ifstream in(path);
+    ss << in.rdbuf();
+  }
+  return ss.str();
+}
+
+}  // namespace
+
+// Operators' commands for the dead-letter queue and the plugin registry (issue 5).
+void add_processing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out) {
+  auto c = std::make_shared<common>();
+  auto* dlq = app.add_subcommand("dlq", "Dead-letter queue: list, get, retry, fail");
+  dlq->require_subcommand(1);
+  {
+    struct opts {
+      std::string status, consumer, event_type, from, to;
+      std::size_t limit = 100;
+      bool all = false;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = dlq->add_subcommand("list", "List dead letters (JSON lines), oldest first");
+    add_url(*sub, *c);
+    sub->add_option("--status", o->status, "pending_retry, retrying, permanent_failure or resolved");
+    sub->add_option("--consumer", o->consumer, "plugin:<id> or route:<rule>:<target>");
+    sub->add_option("--event-type", o->event_type, "event type pattern");
+    sub->add_option("--from", o->from, "failed at or after (RFC 3339)");
+    sub->add_option("--to", o->to, "failed at or before (RFC 3339)");
+    sub->add_option("--limit", o->limit, "entries per page")->capture_default_str();
+    sub->add_flag("--all", o->all, "follow the cursor to the end");
+    out.emplace_back(sub, [=]() -> int {
+      std::string base = "/v1/dead-letters?limit=" + std::to_string(o->limit);
+      for (auto [key, value] : {std::pair<const char*, const std::string*>{"status", &o->status},
+                                {"consumer", &o->consumer},
+                                {"eventType", &o->event_type},
+                                {"from", &o->from},
+                                {"to", &o->to}})
+        if (!value->empty()) base += std::string("&") + key + "=" + url_encode(*value);
+      std::string cursor;
+      while (true) {
+        auto r = call(*c, "GET", base + (cursor.empty() ? "" : "&cursor=" + cursor));
+        if (!r) return report(r.error());
+        if (r->status >= 300) return report(*r);
+        auto page = json::parse(r->body);
+        for (const auto& d : page.at("deadLetters").as_array()) std::cout << json::serialize(d) << "\n";
+        const auto* next = page.as_object().if_contains("cursor");
+        if (!next || !next->is_string()) break;
+        cursor = std::string(next->get_string());
+        if (!o->all) {
+          std::cerr << "more entries: run with --all\n";
+          break;
+        }
+      }
+      return 0;
+    });
+  }
+  {
+    auto id = std::make_shared<std::string>();
+    auto* sub = dlq->add_subcommand("get", "Show one dead letter with its attempt history");
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "dead-letter id")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "GET", "/v1/dead-letters/" + url_encode(*id))); });
+  }
+  {
+    auto ids = std::make_shared<std::vector<std::string>>();
+    auto* sub = dlq->add_subcommand("retry", "Retry dead letters now (one or many); prints RetryResults");
+    add_url(*sub, *c);
+    sub->add_option("ids", *ids, "dead-letter ids")->required();
+    out.emplace_back(sub, [=]() -> int {
+      if (ids->size() == 1) return print_reply(call(*c, "POST", "/v1/dead-letters/" + url_encode(ids->front()) + "/retry"));
+      json::array a;
+      for (const auto& i : *ids) a.emplace_back(i);
+      return print_reply(call(*c, "POST", "/v1/dead-letters/retry", json::serialize(json::object{{"ids", a}})));
+    });
+  }
+  {
+    auto id = std::make_shared<std::string>();
+    auto reason = std::make_shared<std::string>();
+    auto* sub = dlq->add_subcommand("fail", "Mark a dead letter as a permanent failure (never retried on its own)");
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "dead-letter id")->required();
+    sub->add_option("--reason", *reason, "why it is given up")->required();
+    out.emplace_back(sub, [=]() -> int {
+      return print_reply(call(*c, "POST", "/v1/dead-letters/" + url_encode(*id) + "/permanent-failure",
+                              json::serialize(json::object{{"reason", *reason}})));
+    });
+  }
+
+  auto* plugins = app.add_subcommand("plugins", "Plugin registry: list, register, enable, disable, remove");
+  plugins->require_subcommand(1);
+  {
+    auto* sub = plugins->add_subcommand("list", "List the registered plugins");
+    add_url(*sub, *c);
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "GET", "/v1/plugins")); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    auto* sub = plugins->add_subcommand("register", "Register a plugin from a JSON registration (file or -)");
+    add_url(*sub, *c);
+    sub->add_option("file", *file, "JSON: {id, name, kind: lua|remote, eventTypes, options?, source | url}")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "POST", "/v1/plugins", read_input(*file))); });
+  }
+  for (const char* verb : {"enable", "disable", "remove"}) {
+    auto id = std::make_shared<std::string>();
+    const std::string v = verb;
+    auto* sub = plugins->add_subcommand(v, v == "remove" ? "Unregister a plugin" : v + " a plugin");
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "plugin id")->required();
+    out.emplace_back(sub, [=]() -> int {
+      if (v == "remove") return print_reply(call(*c, "DELETE", "/v1/plugins/" + url_encode(*id)));
+      return print_reply(call(*c, "POST", "/v1/plugins/" + url_encode(*id) + "/" + v));
     });
   }
 }

@@ -13,5 +13,7 @@ command add_serve(CLI::App& app);
 // migrate, partitions: operations on a store without a server.
 void add_store_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
+// dlq, plugins: operators' commands for processing, against a running server.
+void add_processing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 
 }  // namespace pliers::cli

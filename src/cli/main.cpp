@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "Run the server");
   commands.emplace_back(serve, pliers::cli::add_serve(*serve));
   pliers::cli::add_client_commands(app, commands);
+  pliers::cli::add_processing_commands(app, commands);
   pliers::cli::add_store_commands(app, commands);
   try {
     app.parse(argc, argv);

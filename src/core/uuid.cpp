@@ -4,17 +4,13 @@
 #include <cstdint>
 #include <random>
 
+#include <openssl/evp.h>
+
 namespace pliers {
 
-std::string new_uuid_v4() {
-  thread_local std::mt19937_64 gen{[] {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seq);
-  }()};
-  std::uint64_t hi = gen(), lo = gen();
-  hi = (hi & ~std::uint64_t{0xF000}) | 0x4000;                      // version 4
-  lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // variant 10xx
+namespace {
+
+std::string format_uuid(std::uint64_t hi, std::uint64_t lo) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out(36, '-');
   std::size_t pos = 0;
@@ -27,6 +23,37 @@ std::string new_uuid_v4() {
   put(hi, 16);
   put(lo, 16);
   return out;
+}
+
+}  // namespace
+
+std::string uuid_v5(std::string_view name) {
+  // RFC 4122 name-based (SHA-1) in the URL namespace 6ba7b811-9dad-11d1-80b4-00c04fd430c8.
+  static constexpr unsigned char ns[16] = {0x6b, 0xa7, 0xb8, 0x11, 0x9d, 0xad, 0x11, 0xd1,
+                                           0x80, 0xb4, 0x00, 0xc0, 0x4f, 0xd4, 0x30, 0xc8};
+  std::string input(reinterpret_cast<const char*>(ns), sizeof ns);
+  input.append(name);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(input.data(), input.size(), digest, &length, EVP_sha1(), nullptr);
+  std::uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; ++i) hi = (hi << 8) | digest[i];
+  for (int i = 8; i < 16; ++i) lo = (lo << 8) | digest[i];
+  hi = (hi & ~std::uint64_t{0xF000}) | 0x5000;                      // version 5
+  lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // variant 10xx
+  return format_uuid(hi, lo);
+}
+
+std::string new_uuid_v4() {
+  thread_local std::mt19937_64 gen{[] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seq);
+  }()};
+  std::uint64_t hi = gen(), lo = gen();
+  hi = (hi & ~std::uint64_t{0xF000}) | 0x4000;                      // version 4
+  lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // variant 10xx
+  return format_uuid(hi, lo);
 }
 
 bool is_uuid(std::string_view t) noexcept {

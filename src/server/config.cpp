@@ -27,6 +27,21 @@ const std::vector<config_key>& config_keys() {
       {"store.run_migrations", "PLIERS_RUN_MIGRATIONS", "apply schema migrations at start-up (true/false)"},
       {"stream.poll_interval_ms", "PLIERS_POLL_INTERVAL_MS", "how often the log tailer polls besides commit wake-ups"},
       {"log.level", "PLIERS_LOG_LEVEL", "trace, debug, info, warn, error"},
+      {"plugins.enabled", "PLIERS_PLUGINS_ENABLED", "run the plugin chain on this node (true/false)"},
+      {"plugins.default_timeout_ms", "PLIERS_PLUGINS_DEFAULT_TIMEOUT_MS", "timeout of a plugin without its own"},
+      {"plugins.max_concurrent", "PLIERS_PLUGINS_MAX_CONCURRENT", "threads running native and async plugins"},
+      {"plugins.max_hops", "PLIERS_PLUGINS_MAX_HOPS", "generated-event chain length before a loop is refused"},
+      {"plugins.record_executions", "PLIERS_PLUGINS_RECORD_EXECUTIONS", "append plugin.executed for every successful run"},
+      {"plugins.partitions", "PLIERS_PLUGINS_PARTITIONS", "partitions of the plugin consumer group (fixed at creation)"},
+      {"plugins.lease_ms", "PLIERS_PLUGINS_LEASE_MS", "partition lease of a node: how long a crashed node's share waits"},
+      {"plugins.file", "PLIERS_PLUGINS_FILE", "JSON file: an array of plugin registrations applied at start-up"},
+      {"plugins.native", "PLIERS_PLUGINS_NATIVE", "comma-separated shared libraries of native plugins"},
+      {"retry.max_attempts", "PLIERS_RETRY_MAX_ATTEMPTS", "default RetryConfig: attempts in all, the first included"},
+      {"retry.backoff_strategy", "PLIERS_RETRY_BACKOFF_STRATEGY", "default RetryConfig: fixed, linear or exponential"},
+      {"retry.base_delay_ms", "PLIERS_RETRY_BASE_DELAY_MS", "default RetryConfig: baseDelay"},
+      {"retry.max_delay_ms", "PLIERS_RETRY_MAX_DELAY_MS", "default RetryConfig: maxDelay"},
+      {"retry.jitter", "PLIERS_RETRY_JITTER", "default RetryConfig: jitter (true/false)"},
+      {"retry.max_age_ms", "PLIERS_RETRY_MAX_AGE_MS", "default RetryConfig: give up this long after the first failure"},
   };
   return keys;
 }
@@ -98,6 +113,52 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
   } else if (key == "store.run_migrations") {
     if (v != "true" && v != "false") return error::invalid(std::string(key), "must be true or false");
     run_migrations = v == "true";
+  } else if (key == "plugins.enabled" || key == "plugins.record_executions" || key == "retry.jitter") {
+    if (v != "true" && v != "false") return error::invalid(std::string(key), "must be true or false");
+    (key == "plugins.enabled" ? plugins_enabled
+     : key == "retry.jitter"  ? default_retry.jitter
+                              : plugin_record_executions) = v == "true";
+  } else if (key == "plugins.default_timeout_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 1, 3600000); !r) return r;
+    plugin_timeout = std::chrono::milliseconds(ms);
+  } else if (key == "plugins.lease_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 500, 600000); !r) return r;
+    plugin_lease = std::chrono::milliseconds(ms);
+  } else if (key == "plugins.max_concurrent") {
+    return parse_number<std::size_t>(key, v, plugin_workers, 1, 256);
+  } else if (key == "plugins.max_hops") {
+    return parse_number<int>(key, v, plugin_max_hops, 1, 100);
+  } else if (key == "plugins.partitions") {
+    return parse_number<int>(key, v, plugin_partitions, 1, 256);
+  } else if (key == "plugins.file") {
+    plugin_file = v;
+  } else if (key == "plugins.native") {
+    native_plugins.clear();
+    std::size_t start = 0;
+    while (start <= v.size()) {
+      auto comma = v.find(',', start);
+      auto item = v.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+      if (!item.empty()) native_plugins.emplace_back(item);
+      if (comma == std::string_view::npos) break;
+      start = comma + 1;
+    }
+  } else if (key == "retry.max_attempts") {
+    return parse_number<std::int64_t>(key, v, default_retry.max_attempts, 1, 1000);
+  } else if (key == "retry.backoff_strategy") {
+    if (v == "fixed") default_retry.strategy = backoff_strategy::fixed;
+    else if (v == "linear") default_retry.strategy = backoff_strategy::linear;
+    else if (v == "exponential") default_retry.strategy = backoff_strategy::exponential;
+    else return error::invalid(std::string(key), "must be fixed, linear or exponential");
+  } else if (key == "retry.base_delay_ms" || key == "retry.max_delay_ms" || key == "retry.max_age_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, key == "retry.max_age_ms" ? 1 : 0, 7LL * 24 * 3600 * 1000); !r) return r;
+    if (key == "retry.base_delay_ms") default_retry.base_delay = std::chrono::milliseconds(ms);
+    else if (key == "retry.max_delay_ms") default_retry.max_delay = std::chrono::milliseconds(ms);
+    else default_retry.max_age = std::chrono::milliseconds(ms);
   } else if (key == "log.level") {
     if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error" && v != "off")
       return error::invalid("log.level", "must be trace, debug, info, warn, error or off");

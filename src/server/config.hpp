@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/result.hpp"
+#include "process/retry_policy.hpp"
 #include "store/event_store.hpp"
 
 namespace pliers {
@@ -34,6 +35,18 @@ struct server_config {
   std::chrono::milliseconds tail_poll_interval{1000};  // safety-net poll of the log tailer
   std::string log_level = "info";
   std::string ready_file;  // when set, the bound address is written here once listening
+
+  // Processing (issue 5): the plugin chain and the retry engine.
+  bool plugins_enabled = true;                      // run the plugin chain on this node
+  std::chrono::milliseconds plugin_timeout{5000};   // default per-plugin timeout
+  std::size_t plugin_workers = 4;                   // threads for native and async plugins
+  int plugin_max_hops = 8;
+  bool plugin_record_executions = true;
+  int plugin_partitions = 8;
+  std::chrono::milliseconds plugin_lease{10000};    // a dead node's partitions wait this long
+  std::string plugin_file;                          // JSON array of plugin registrations
+  std::vector<std::string> native_plugins;          // shared libraries (include/pliers/plugin_abi.h)
+  retry_policy default_retry;
 
   // Applies one setting by its TOML key ("server.listen"); used by all three sources.
   result<void> set(std::string_view key, std::string_view value);

@@ -20,6 +20,12 @@
 #include "server/stream_registry.hpp"
 #include "store/event_store.hpp"
 
+namespace pliers {
+class plugin_chain;
+class retry_engine;
+struct plugin_view;
+}  // namespace pliers
+
 namespace pliers::http_api {
 
 namespace asio = boost::asio;
@@ -45,6 +51,8 @@ struct server_state {
   stream_registry& streams;
   const std::atomic<bool>& stopping;  // shutdown has begun: streams end
   std::function<result<scheduled_event>(scheduled_event)> schedule;  // the node's scheduler
+  plugin_chain* plugins = nullptr;        // nullptr when plugins.enabled = false
+  retry_engine* dead_letters = nullptr;
 };
 
 struct request_context {
@@ -102,6 +110,11 @@ asio::awaitable<reply> handle_events(request_context& ctx);
 asio::awaitable<reply> handle_event_stream(request_context& ctx);  // SSE
 asio::awaitable<reply> handle_streams(request_context& ctx);       // GET/DELETE /v1/streams
 asio::awaitable<reply> handle_scheduled(request_context& ctx);     // /v1/scheduled-events
+asio::awaitable<reply> handle_plugins(request_context& ctx);       // /v1/plugins
+asio::awaitable<reply> handle_dead_letters(request_context& ctx);  // /v1/dead-letters
+// A plugin registration as POST /v1/plugins takes it (also the plugins.file entries).
+result<plugin_view> register_plugin_from_json(plugin_chain& chain, const boost::json::value& body,
+                                              std::chrono::milliseconds default_timeout);
 // Takes over an upgraded connection for GET /v1/stream.
 asio::awaitable<void> run_websocket(server_state& state, beast::tcp_stream stream, request req, std::string client_id);
 

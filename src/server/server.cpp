@@ -7,7 +7,17 @@
 #include <thread>
 #include <unordered_map>
 
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "bus/event_bus.hpp"
 #include "bus/scheduler.hpp"
+#include "process/plugin_chain.hpp"
+#include "process/plugin_kinds.hpp"
+#include "process/plugin_processor.hpp"
+#include "process/retry_engine.hpp"
 #include "server/http.hpp"
 #include "server/log.hpp"
 #include "server/problem.hpp"
@@ -91,6 +101,10 @@ struct http_server::impl {
   log_tailer tailer;
   scheduler fire_scheduled;
   stream_registry streams;
+  retry_engine retries;
+  plugin_chain chain;
+  std::unique_ptr<event_bus> bus;
+  std::unique_ptr<plugin_processor> processor;
   server_state state;
   std::atomic<bool> stopping{false};
   std::atomic<std::size_t> connections{0};
@@ -110,8 +124,73 @@ struct http_server::impl {
       : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
         tailer(store, log_tailer::options{.poll_interval = cfg.tail_poll_interval}),
         fire_scheduled(store, default_clock(), scheduler::options{}),
+        retries(store, default_clock(), retry_engine::options{.default_policy = cfg.default_retry}),
+        chain(store, default_clock(), retries, make_plugin,
+              plugin_chain::options{.default_timeout = cfg.plugin_timeout,
+                                    .max_hops = cfg.plugin_max_hops,
+                                    .record_executions = cfg.plugin_record_executions,
+                                    .native_workers = cfg.plugin_workers}),
         state{cfg, store, default_access_policy(), workers, tailer, streams, stopping,
-              [this](scheduled_event e) { return fire_scheduled.schedule(std::move(e)); }} {}
+              [this](scheduled_event e) { return fire_scheduled.schedule(std::move(e)); }} {
+    state.dead_letters = &retries;
+    if (cfg.plugins_enabled) state.plugins = &chain;
+  }
+
+  // Loads the plugin registry (the log, native libraries, plugins.file) and starts the
+  // plugin consumer and the retry engine.
+  result<void> start_processing() {
+    if (cfg.default_retry.max_delay < cfg.default_retry.base_delay)
+      return error::invalid("retry.max_delay_ms", "must not be less than retry.base_delay_ms");
+    if (!cfg.plugins_enabled) {
+      retries.start();
+      return {};
+    }
+    if (auto ok = chain.load(); !ok) return ok;
+    for (const auto& path : cfg.native_plugins) {
+      std::vector<std::string> types;
+      auto plugin = load_native_plugin(path, {}, &types);
+      if (!plugin) {
+        auto e = std::move(plugin).error();
+        e.field = "plugins.native";
+        e.message = path + ": " + e.message;
+        return e;
+      }
+      if (chain.get((*plugin)->info().id)) continue;  // registered before; the log has it
+      auto r = chain.register_plugin(*plugin, std::move(types), {});
+      if (!r) return std::move(r).error();
+    }
+    if (!cfg.plugin_file.empty()) {
+      std::ifstream in(cfg.plugin_file);
+      if (!in) return error::invalid("plugins.file", "cannot read '" + cfg.plugin_file + "'");
+      std::stringstream text;
+      text << in.rdbuf();
+      auto doc = parse_json(text.str());
+      if (!doc || !doc->is_array())
+        return error::invalid("plugins.file", cfg.plugin_file + ": must be a JSON array of plugin registrations");
+      for (std::size_t i = 0; i < doc->as_array().size(); ++i) {
+        const auto& item = doc->as_array()[i];
+        const auto* id = item.is_object() ? item.as_object().if_contains("id") : nullptr;
+        if (id && id->is_string() && chain.get(std::string(id->get_string()))) continue;  // already registered
+        auto r = register_plugin_from_json(chain, item, cfg.plugin_timeout);
+        if (!r) {
+          auto e = std::move(r).error();
+          e.message = cfg.plugin_file + " [" + std::to_string(i) + "]." + e.field + ": " + e.message;
+          e.field = "plugins.file";
+          return e;
+        }
+      }
+    }
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    bus = std::make_unique<event_bus>(store, tailer, 1);
+    processor = std::make_unique<plugin_processor>(
+        store, tailer, *bus, default_clock(), chain, std::string(host) + ":" + std::to_string(getpid()),
+        plugin_processor::options{.partitions = cfg.plugin_partitions,
+                                  .lease = cfg.plugin_lease,
+                                  .on_error = [](const std::string& what) { log::warn("plugins", {{"error", what}}); }});
+    retries.start();
+    return {};
+  }
 
   asio::awaitable<void> accept_loop() {
     while (!stopping) {
@@ -143,6 +222,8 @@ struct http_server::impl {
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "events") co_return co_await handle_events(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "streams") co_return co_await handle_streams(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "scheduled-events") co_return co_await handle_scheduled(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "plugins") co_return co_await handle_plugins(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "dead-letters") co_return co_await handle_dead_letters(ctx);
     if (s.size() == 2 && s[0] == "v1" && s[1] == "stream")
       co_return problem_reply(error::invalid("Upgrade", "GET /v1/stream is a WebSocket endpoint: send an Upgrade request"));
     co_return problem_reply(error::make(errc::not_found, "no resource at " + std::string(ctx.url.path())));
@@ -349,6 +430,7 @@ result<std::string> http_server::start(bool handle_signals) {
       }
     });
   }
+  if (auto ok = p.start_processing(); !ok) return std::move(ok).error();
   asio::co_spawn(p.ioc, p.accept_loop(), asio::detached);
   return where;
 }

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/json/object.hpp>
+
 #include "core/event.hpp"
 #include "core/event_query.hpp"
 #include "core/result.hpp"
@@ -45,6 +47,65 @@ struct group_partition {
   std::optional<std::string> owner;  // a consumer id while leased
   timestamp lease_until{};
   log_position checkpoint{};          // every event up to here is processed
+};
+
+// The spec's ProcessingError: why a delivery failed. `type` is a stable kind
+// ("timeout", "exception", "http_500", "non_retryable", ...) that retry policies match on.
+struct processing_error {
+  std::string type;
+  std::string message;
+  std::optional<std::string> stack;
+  boost::json::object context;
+};
+
+// One attempt at delivering an event to a consumer, kept in the entry's history.
+struct delivery_attempt {
+  std::int64_t attempt = 0;      // 1-based
+  timestamp at{};
+  bool success = false;
+  std::optional<processing_error> error;
+  std::int64_t duration_ms = 0;
+  bool manual = false;           // an operator's retry
+};
+
+// A dead-letter entry (spec DeadLetterEvent): work that failed for one consumer — a plugin
+// ("plugin:<id>") or a routing target ("route:<ruleId>:<targetIndex>") — with everything
+// the retry engine and an operator need. One entry per (consumer, event): adding it again
+// returns the existing one. `retry_config` is the consumer's policy (process/retry_policy)
+// as JSON, kept so retries follow it after a restart.
+struct dead_letter {
+  std::string id;                 // UUID
+  std::int64_t seq = 0;           // assigned by the store: insertion order, the list cursor
+  event original_event;
+  std::string consumer;
+  processing_error error;         // the last failure
+  std::int64_t attempts = 0;
+  std::int64_t max_attempts = 0;
+  timestamp first_failed_at{};
+  timestamp failed_at{};          // the last failure
+  std::optional<timestamp> next_retry_at;
+  std::string status = "pending_retry";  // pending_retry | retrying | permanent_failure | resolved
+  std::optional<std::string> permanent_reason;
+  std::optional<timestamp> resolved_at;
+  timestamp lease_until{};        // while `retrying`: the claimant's lease
+  boost::json::object retry_config;
+  std::vector<delivery_attempt> history;
+};
+
+// getDeadLetterEvents filter: every member present must match. `event_type` is a type
+// pattern; the time range applies to failed_at (both ends included).
+struct dead_letter_filter {
+  std::optional<std::string> event_type;
+  std::optional<std::string> consumer;
+  std::optional<std::string> status;
+  std::optional<timestamp> from, to;
+};
+
+struct dead_letter_page {
+  std::vector<dead_letter> entries;  // ascending seq
+  std::int64_t total_count = 0;      // entries matching the filter
+  bool has_more = false;
+  std::optional<std::int64_t> next_after;  // pass as `after_seq` for the next page
 };
 
 class event_store {
@@ -123,6 +184,25 @@ class event_store {
                                         log_position position) = 0;
   virtual result<void> group_release(std::string_view group, int partition, std::string_view member) = 0;
   virtual result<void> group_leave(std::string_view group, std::string_view member) = 0;
+
+  // Dead-letter queue. dlq_add stores a new entry (id assigned when empty, else it must be a
+  // UUID; seq always assigned by the store) or,
+  // when one exists for (consumer, original_event.id), returns that one unchanged.
+  // dlq_claim_due hands out at most `max` entries that are pending_retry with
+  // next_retry_at <= now, or retrying with an expired lease (a claimant died), setting them
+  // retrying with lease_until = now + lease (PostgreSQL: FOR UPDATE SKIP LOCKED).
+  // dlq_claim takes one entry by id the same way for an operator's retry, whatever its
+  // status but resolved (conflict) or retrying under a live lease (conflict).
+  // dlq_update writes back an entry's mutable fields (error, attempts, times, status,
+  // reason, lease, history) by id; not_found when absent.
+  virtual result<dead_letter> dlq_add(dead_letter entry) = 0;
+  virtual result<dead_letter> dlq_get(std::string_view id) = 0;
+  virtual result<dead_letter_page> dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                            std::optional<std::int64_t> after_seq) = 0;
+  virtual result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max,
+                                                         std::chrono::milliseconds lease) = 0;
+  virtual result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) = 0;
+  virtual result<void> dlq_update(const dead_letter& entry) = 0;
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is

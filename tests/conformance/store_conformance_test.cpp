@@ -3,6 +3,8 @@
 // reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <boost/json.hpp>
 #include <filesystem>
 #include <functional>
@@ -569,8 +571,418 @@ TEST_P(StoreConformance, ReopenKeepsEverythingAndContinuesTheLog) {
   EXPECT_EQ(next.events[0].sequence.value, 3);
 }
 
+// --- Dead-letter queue --------------------------------------------------------------
+
+class DeadLetterConformance : public StoreConformance {
+ protected:
+  // A stored event of `type` (the DLQ keeps real events).
+  event stored(const std::string& type) {
+    auto r = must_append(req("dlq-" + std::to_string(++aggregates_), {make(type, {{"n", aggregates_}})}));
+    return *store_->get_event(r.events.at(0).id);
+  }
+  dead_letter entry(const event& e, std::string consumer, std::string status = "pending_retry",
+                    std::optional<timestamp> next_retry = std::nullopt) {
+    dead_letter d;
+    d.original_event = e;
+    d.consumer = std::move(consumer);
+    d.error = {"timeout", "no answer within 5000 ms", std::nullopt, {{"timeoutMs", 5000}}};
+    d.attempts = 1;
+    d.max_attempts = 5;
+    d.first_failed_at = clock_.now();
+    d.failed_at = clock_.now();
+    d.next_retry_at = next_retry;
+    d.status = std::move(status);
+    d.retry_config = {{"maxAttempts", 5}, {"backoff", "exponential"}};
+    d.history.push_back({1, clock_.now(), false, d.error, 5000, false});
+    return d;
+  }
+  dead_letter must_add(dead_letter d) {
+    auto r = store_->dlq_add(std::move(d));
+    if (!r) ADD_FAILURE() << r.error().message;
+    return r ? *r : dead_letter{};
+  }
+  static std::vector<std::string> ids(const std::vector<dead_letter>& entries) {
+    std::vector<std::string> out;
+    for (const auto& d : entries) out.push_back(d.id);
+    return out;
+  }
+
+  int aggregates_ = 0;
+};
+
+void expect_same_error(const processing_error& a, const processing_error& b) {
+  EXPECT_EQ(a.type, b.type);
+  EXPECT_EQ(a.message, b.message);
+  EXPECT_EQ(a.stack, b.stack);
+  EXPECT_EQ(a.context, b.context);
+}
+
+// Field by field (not through the JSON codec, which the SQL backends use to store them).
+void expect_same(const dead_letter& a, const dead_letter& b) {
+  EXPECT_EQ(a.id, b.id);
+  EXPECT_EQ(a.seq, b.seq);
+  const auto &e = a.original_event, &f = b.original_event;
+  EXPECT_EQ(e.id, f.id);
+  EXPECT_EQ(e.type, f.type);
+  EXPECT_EQ(e.version, f.version);
+  EXPECT_EQ(e.time, f.time);
+  EXPECT_EQ(e.aggregate_id, f.aggregate_id);
+  EXPECT_EQ(e.aggregate_type, f.aggregate_type);
+  EXPECT_EQ(e.sequence, f.sequence);
+  EXPECT_EQ(e.position, f.position);
+  EXPECT_EQ(e.causation_id, f.causation_id);
+  EXPECT_EQ(e.correlation_id, f.correlation_id);
+  EXPECT_EQ(e.metadata, f.metadata);
+  EXPECT_EQ(e.payload, f.payload);
+  EXPECT_EQ(a.consumer, b.consumer);
+  expect_same_error(a.error, b.error);
+  EXPECT_EQ(a.attempts, b.attempts);
+  EXPECT_EQ(a.max_attempts, b.max_attempts);
+  EXPECT_EQ(a.first_failed_at, b.first_failed_at);
+  EXPECT_EQ(a.failed_at, b.failed_at);
+  EXPECT_EQ(a.next_retry_at, b.next_retry_at);
+  EXPECT_EQ(a.status, b.status);
+  EXPECT_EQ(a.permanent_reason, b.permanent_reason);
+  EXPECT_EQ(a.resolved_at, b.resolved_at);
+  EXPECT_EQ(a.lease_until, b.lease_until);
+  EXPECT_EQ(a.retry_config, b.retry_config);
+  ASSERT_EQ(a.history.size(), b.history.size());
+  for (std::size_t i = 0; i < a.history.size(); ++i) {
+    const auto &x = a.history[i], &y = b.history[i];
+    EXPECT_EQ(x.attempt, y.attempt);
+    EXPECT_EQ(x.at, y.at);
+    EXPECT_EQ(x.success, y.success);
+    EXPECT_EQ(x.duration_ms, y.duration_ms);
+    EXPECT_EQ(x.manual, y.manual);
+    ASSERT_EQ(x.error.has_value(), y.error.has_value());
+    if (x.error) expect_same_error(*x.error, *y.error);
+  }
+}
+
+TEST_P(DeadLetterConformance, AddAssignsIdAndSeqAndKeepsOneEntryPerConsumerAndEvent) {
+  const auto e1 = stored("form.created"), e2 = stored("form.updated");
+  auto d = entry(e1, "plugin:mailer", "pending_retry", clock_.now() + 10s);
+  d.seq = 99;  // assigned by the store, whatever the caller says
+  auto first = must_add(d);
+  EXPECT_TRUE(is_uuid(first.id));
+  EXPECT_GT(first.seq, 0);
+  d.id = first.id;
+  d.seq = first.seq;
+  expect_same(first, d);
+  expect_same(*store_->dlq_get(first.id), d);
+
+  auto again = entry(e1, "plugin:mailer", "permanent_failure");
+  again.error.message = "a different failure";
+  auto same = must_add(again);
+  expect_same(same, first);  // the existing entry, unchanged
+  expect_same(*store_->dlq_get(first.id), first);
+
+  auto other_consumer = must_add(entry(e1, "route:r1:0"));
+  auto other_event = must_add(entry(e2, "plugin:mailer"));
+  EXPECT_NE(other_consumer.id, first.id);
+  EXPECT_GT(other_consumer.seq, first.seq);
+  EXPECT_GT(other_event.seq, other_consumer.seq);
+  EXPECT_EQ(store_->dlq_list({}, 100, std::nullopt)->total_count, 3);
+
+  // A caller's id is kept (canonical lowercase) and may not name another entry.
+  const auto mine = new_uuid_v4();
+  auto upper = mine;
+  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+  auto given = entry(e2, "route:r1:0");
+  given.id = upper;
+  EXPECT_EQ(must_add(given).id, mine);
+  auto clash = entry(e2, "route:r2:0");
+  clash.id = mine;
+  EXPECT_EQ(store_->dlq_add(clash).error().code, errc::conflict);
+
+  EXPECT_EQ(store_->dlq_get(new_uuid_v4()).error().code, errc::not_found);
+  EXPECT_EQ(store_->dlq_get("not-a-uuid").error().code, errc::not_found);
+  auto no_consumer = entry(e2, "");
+  EXPECT_EQ(store_->dlq_add(no_consumer).error().code, errc::invalid_argument);
+  auto bad_status = entry(e2, "plugin:x", "lost");
+  EXPECT_EQ(store_->dlq_add(bad_status).error().code, errc::invalid_argument);
+  auto bad_id = entry(e2, "plugin:x");
+  bad_id.id = "not-a-uuid";
+  EXPECT_EQ(store_->dlq_add(bad_id).error().code, errc::invalid_argument);
+  EXPECT_EQ(store_->dlq_list({}, 100, std::nullopt)->total_count, 4);
+}
+
+TEST_P(DeadLetterConformance, ListFiltersPagesAndCounts) {
+  const auto t0 = clock_.now();
+  std::vector<dead_letter> all;
+  auto add = [&](const char* type, const char* consumer, const char* status, std::chrono::seconds failed) {
+    auto d = entry(stored(type), consumer, status);
+    d.failed_at = t0 + failed;
+    all.push_back(must_add(d));
+    return all.back().id;
+  };
+  const auto a = add("form.created", "plugin:a", "pending_retry", 0s);
+  const auto b = add("form.field.added", "plugin:a", "permanent_failure", 10s);
+  const auto c = add("submission.created", "route:r1:0", "pending_retry", 20s);
+  const auto d = add("form.updated", "route:r1:0", "resolved", 30s);
+  const auto e = add("form.created", "plugin:b", "pending_retry", 40s);
+  const auto f = add("submission", "plugin:a", "retrying", 50s);
+
+  auto list = [&](dead_letter_filter filter, std::size_t limit = 100) {
+    auto page = store_->dlq_list(filter, limit, std::nullopt);
+    EXPECT_TRUE(page) << page.error().message;
+    return page ? *page : dead_letter_page{};
+  };
+  auto everything = list({});
+  EXPECT_EQ(ids(everything.entries), (std::vector<std::string>{a, b, c, d, e, f}));
+  EXPECT_EQ(everything.total_count, 6);
+  EXPECT_FALSE(everything.has_more);
+  EXPECT_FALSE(everything.next_after);
+  for (std::size_t i = 1; i < everything.entries.size(); ++i)
+    EXPECT_LT(everything.entries[i - 1].seq, everything.entries[i].seq);
+
+  auto by_type = [&](const char* pattern) {
+    dead_letter_filter filter;
+    filter.event_type = pattern;
+    return ids(list(filter).entries);
+  };
+  EXPECT_EQ(by_type("form.*"), (std::vector<std::string>{a, d, e}));
+  EXPECT_EQ(by_type("form.**"), (std::vector<std::string>{a, b, d, e}));
+  EXPECT_EQ(by_type("form.created"), (std::vector<std::string>{a, e}));
+  EXPECT_EQ(by_type("submission.**"), (std::vector<std::string>{c, f}));
+  EXPECT_EQ(by_type("*.created"), (std::vector<std::string>{a, c, e}));
+  EXPECT_TRUE(by_type("form").empty());
+
+  dead_letter_filter by_consumer;
+  by_consumer.consumer = "plugin:a";
+  EXPECT_EQ(ids(list(by_consumer).entries), (std::vector<std::string>{a, b, f}));
+  dead_letter_filter by_status;
+  by_status.status = "pending_retry";
+  EXPECT_EQ(ids(list(by_status).entries), (std::vector<std::string>{a, c, e}));
+  dead_letter_filter by_time;  // both ends included
+  by_time.from = t0 + 10s;
+  by_time.to = t0 + 30s;
+  EXPECT_EQ(ids(list(by_time).entries), (std::vector<std::string>{b, c, d}));
+  dead_letter_filter combined;
+  combined.event_type = "form.**";
+  combined.consumer = "plugin:a";
+  combined.from = t0 + 1s;
+  EXPECT_EQ(ids(list(combined).entries), (std::vector<std::string>{b}));
+  EXPECT_EQ(list(combined).total_count, 1);
+
+  // Pages of two over a pattern: total_count is for the whole filter on every page.
+  dead_letter_filter forms;
+  forms.event_type = "form.**";
+  std::vector<std::string> seen;
+  std::optional<std::int64_t> after;
+  int pages = 0;
+  while (true) {
+    auto page = store_->dlq_list(forms, 2, after);
+    ASSERT_TRUE(page) << page.error().message;
+    EXPECT_EQ(page->total_count, 4);
+    for (auto& id : ids(page->entries)) seen.push_back(id);
+    ++pages;
+    if (!page->has_more) {
+      EXPECT_FALSE(page->next_after);
+      break;
+    }
+    ASSERT_EQ(page->entries.size(), 2u);
+    ASSERT_TRUE(page->next_after);
+    EXPECT_EQ(*page->next_after, page->entries.back().seq);
+    after = page->next_after;
+    ASSERT_LT(pages, 10);
+  }
+  EXPECT_EQ(pages, 2);
+  EXPECT_EQ(seen, (std::vector<std::string>{a, b, d, e}));
+  auto past_end = store_->dlq_list({}, 10, all.back().seq);
+  ASSERT_TRUE(past_end);
+  EXPECT_TRUE(past_end->entries.empty());
+  EXPECT_EQ(past_end->total_count, 6);
+
+  dead_letter_filter bad_pattern;
+  bad_pattern.event_type = "form.*x";
+  EXPECT_EQ(store_->dlq_list(bad_pattern, 10, std::nullopt).error().code, errc::invalid_argument);
+  dead_letter_filter bad_status;
+  bad_status.status = "lost";
+  EXPECT_EQ(store_->dlq_list(bad_status, 10, std::nullopt).error().code, errc::invalid_argument);
+}
+
+TEST_P(DeadLetterConformance, ClaimDueHandsOutDueRetriesAndExpiredLeasesOnly) {
+  const auto t0 = clock_.now();
+  auto a = must_add(entry(stored("t.a"), "plugin:x", "pending_retry", t0 + 10s));
+  auto b = must_add(entry(stored("t.b"), "plugin:x", "pending_retry", t0 + 20s));
+  must_add(entry(stored("t.c"), "plugin:x", "permanent_failure", t0));  // never retried automatically
+  must_add(entry(stored("t.d"), "plugin:x", "resolved", t0));
+  must_add(entry(stored("t.e"), "plugin:x", "pending_retry"));  // no retry time: not due
+  auto claim = [&](std::size_t max = 10) {
+    auto r = store_->dlq_claim_due(clock_.now(), max, 30s);
+    EXPECT_TRUE(r) << r.error().message;
+    return r ? *r : std::vector<dead_letter>{};
+  };
+  EXPECT_TRUE(claim().empty());
+  clock_.set(t0 + 10s);  // next_retry_at == now is due
+  auto got = claim();
+  ASSERT_EQ(ids(got), (std::vector<std::string>{a.id}));
+  EXPECT_EQ(got[0].status, "retrying");
+  EXPECT_EQ(got[0].lease_until, t0 + 40s);
+  EXPECT_EQ(got[0].attempts, a.attempts);  // attempts are the retry engine's to record
+  auto now_a = *store_->dlq_get(a.id);
+  EXPECT_EQ(now_a.status, "retrying");
+  EXPECT_EQ(now_a.lease_until, t0 + 40s);
+  EXPECT_TRUE(claim().empty()) << "a leased entry was handed out twice";
+  clock_.set(t0 + 25s);
+  EXPECT_EQ(ids(claim()), (std::vector<std::string>{b.id}));
+  clock_.set(t0 + 39s);
+  EXPECT_TRUE(claim().empty());
+  clock_.set(t0 + 40s);  // a's claimant died: its lease ran out
+  got = claim();
+  ASSERT_EQ(ids(got), (std::vector<std::string>{a.id}));
+  EXPECT_EQ(got[0].lease_until, t0 + 70s);
+
+  // At most `max`, oldest first.
+  auto c1 = must_add(entry(stored("t.f"), "plugin:y", "pending_retry", t0));
+  auto c2 = must_add(entry(stored("t.g"), "plugin:y", "pending_retry", t0));
+  EXPECT_EQ(ids(claim(1)), (std::vector<std::string>{c1.id}));
+  EXPECT_EQ(ids(claim(1)), (std::vector<std::string>{c2.id}));
+  EXPECT_TRUE(claim(0).empty());
+  EXPECT_TRUE(claim().empty());
+}
+
+TEST_P(DeadLetterConformance, ConcurrentClaimersNeverShareAnEntry) {
+  constexpr int entries = 40, claimers = 4;
+  std::set<std::string> added;
+  for (int i = 0; i < entries; ++i)
+    added.insert(must_add(entry(stored("t.due"), "plugin:x", "pending_retry", clock_.now())).id);
+  std::vector<std::vector<std::string>> claimed(claimers);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < claimers; ++t)
+    threads.emplace_back([&, t] {
+      while (true) {
+        auto r = store_->dlq_claim_due(clock_.now(), 3, 30s);
+        if (!r) {
+          ++failures;
+          return;
+        }
+        if (r->empty()) return;
+        for (auto& d : *r) claimed[static_cast<std::size_t>(t)].push_back(d.id);
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  std::multiset<std::string> all;
+  for (auto& c : claimed) all.insert(c.begin(), c.end());
+  EXPECT_EQ(all.size(), static_cast<std::size_t>(entries)) << "an entry was claimed twice or not at all";
+  EXPECT_EQ(std::set<std::string>(all.begin(), all.end()), added);
+}
+
+TEST_P(DeadLetterConformance, ClaimByIdForAnOperatorsRetry) {
+  const auto t0 = clock_.now();
+  auto waiting = must_add(entry(stored("t.a"), "plugin:x", "pending_retry", t0 + 1h));
+  auto permanent = must_add(entry(stored("t.b"), "plugin:x", "permanent_failure"));
+  auto resolved = must_add(entry(stored("t.c"), "plugin:x", "resolved"));
+
+  auto got = store_->dlq_claim(waiting.id, t0, 30s);  // not due yet: an operator may still retry it
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got->status, "retrying");
+  EXPECT_EQ(got->lease_until, t0 + 30s);
+  EXPECT_EQ(got->next_retry_at, waiting.next_retry_at);
+  EXPECT_EQ(store_->dlq_get(waiting.id)->status, "retrying");
+  EXPECT_EQ(store_->dlq_claim(waiting.id, t0 + 29s, 30s).error().code, errc::conflict) << "claimed under a live lease";
+  auto after_lease = store_->dlq_claim(waiting.id, t0 + 30s, 30s);
+  ASSERT_TRUE(after_lease);
+  EXPECT_EQ(after_lease->lease_until, t0 + 60s);
+
+  auto again = store_->dlq_claim(permanent.id, t0, 1min);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, "retrying");
+  EXPECT_EQ(store_->dlq_claim(resolved.id, t0, 30s).error().code, errc::conflict);
+  EXPECT_EQ(store_->dlq_get(resolved.id)->status, "resolved");
+  EXPECT_EQ(store_->dlq_claim(new_uuid_v4(), t0, 30s).error().code, errc::not_found);
+  // The sweep leaves what an operator holds, and takes it over once the lease runs out.
+  EXPECT_TRUE(store_->dlq_claim_due(t0 + 59s, 10, 30s)->empty());
+  EXPECT_EQ(ids(*store_->dlq_claim_due(t0 + 60s, 10, 30s)), (std::vector<std::string>{waiting.id, permanent.id}));
+}
+
+TEST_P(DeadLetterConformance, UpdateRoundTripsEveryMutableField) {
+  const auto t0 = clock_.now();
+  auto added = must_add(entry(stored("t.a"), "plugin:x", "pending_retry", t0 + 10s));
+  auto claimed = store_->dlq_claim(added.id, t0 + 10s, 30s);
+  ASSERT_TRUE(claimed);
+
+  auto d = *claimed;
+  d.error = {"http_500", "upstream said \"no\"\n", std::string("at f()\nat g()"),
+             {{"status", 500}, {"body", json::object{{"x", json::array{1, nullptr}}}}}};
+  d.attempts = 2;
+  d.first_failed_at = t0 - 1us;
+  d.failed_at = t0 + 11s + 123us;
+  d.next_retry_at.reset();
+  d.status = "permanent_failure";
+  d.permanent_reason = "max attempts reached";
+  d.resolved_at = t0 + 12s + 7us;
+  d.lease_until = t0 + 11s;
+  d.history.push_back({2, t0 + 11s + 123us, false, d.error, 77, true});
+  d.history.push_back({3, t0 + 12s, true, std::nullopt, 0, true});
+  // Identity and the add-time policy do not change.
+  auto sent = d;
+  sent.consumer = "plugin:other";
+  sent.max_attempts = 99;
+  sent.retry_config = {{"changed", true}};
+  sent.original_event.type = "t.changed";
+  ASSERT_TRUE(store_->dlq_update(sent));
+  auto back = store_->dlq_get(d.id);
+  ASSERT_TRUE(back);
+  expect_same(*back, d);
+
+  // The columns SQL filters on follow the update.
+  dead_letter_filter permanent;
+  permanent.status = "permanent_failure";
+  EXPECT_EQ(ids(store_->dlq_list(permanent, 10, std::nullopt)->entries), (std::vector<std::string>{d.id}));
+  dead_letter_filter when;
+  when.from = t0 + 11s + 123us;
+  when.to = t0 + 11s + 123us;
+  EXPECT_EQ(store_->dlq_list(when, 10, std::nullopt)->total_count, 1);
+  d.status = "pending_retry";
+  d.next_retry_at = t0 + 20s;
+  ASSERT_TRUE(store_->dlq_update(d));
+  EXPECT_TRUE(store_->dlq_claim_due(t0 + 19s, 10, 30s)->empty());
+  EXPECT_EQ(store_->dlq_claim_due(t0 + 20s, 10, 30s)->size(), 1u);
+
+  if (GetParam().persistent) {
+    auto before = *store_->dlq_get(d.id);
+    reopen();
+    expect_same(*store_->dlq_get(d.id), before);
+  }
+
+  auto missing = d;
+  missing.id = new_uuid_v4();
+  EXPECT_EQ(store_->dlq_update(missing).error().code, errc::not_found);
+  auto bad = d;
+  bad.status = "lost";
+  EXPECT_EQ(store_->dlq_update(bad).error().code, errc::invalid_argument);
+}
+
+// Regression: an HTTP body or a plugin's exception text with bytes that are not UTF-8 made
+// the stored JSON unreadable (SQLite) or was refused (PostgreSQL), losing the entry.
+TEST_P(DeadLetterConformance, FailureTextThatIsNotUtf8IsStoredReadable) {
+  auto d = entry(stored("t.a"), "route:r1:0");
+  d.error.message = std::string("bad \xff\xfe bytes, good \xc3\xa9");
+  d.error.context = {{std::string("k\xc0"), std::string("v\xed\xa0\x80")}};
+  auto added = store_->dlq_add(d);
+  ASSERT_TRUE(added) << added.error().message;
+  auto back = store_->dlq_get(added->id);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->error.message, "bad \xef\xbf\xbd\xef\xbf\xbd bytes, good \xc3\xa9");
+  EXPECT_EQ(back->error.context, (json::object{{"k\xef\xbf\xbd", "v\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}}));
+  auto update = *back;
+  update.history.push_back({2, clock_.now(), false, processing_error{"exception", "\x80", std::nullopt, {}}, 1, false});
+  update.permanent_reason = std::string("\xf5");
+  ASSERT_TRUE(store_->dlq_update(update));
+  back = store_->dlq_get(added->id);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->history.back().error->message, "\xef\xbf\xbd");
+  EXPECT_EQ(back->permanent_reason, "\xef\xbf\xbd");
+  EXPECT_EQ(store_->dlq_list({}, 10, std::nullopt)->total_count, 1);
+}
+
 auto backend_name = [](const ::testing::TestParamInfo<backend>& info) { return info.param.name; };
 INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::ValuesIn(backends()), backend_name);
 INSTANTIATE_TEST_SUITE_P(Backends, QueryConformance, ::testing::ValuesIn(backends()), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, DeadLetterConformance, ::testing::ValuesIn(backends()), backend_name);
 
 }  // namespace pliers

@@ -4,6 +4,7 @@
 
 #include "core/event_codec.hpp"
 #include "core/time_format.hpp"
+#include "store/dead_letter_codec.hpp"
 
 namespace pliers {
 
@@ -157,6 +158,148 @@ TEST(EventCodec, Cursor) {
   EXPECT_EQ(page->after.value, 9);
   EXPECT_FALSE(pagination_from_json(json::parse(R"({"limit":0})"), "pagination"));
   EXPECT_FALSE(pagination_from_json(json::parse(R"({"limit":10001})"), "pagination"));
+}
+
+dead_letter sample_dead_letter() {
+  dead_letter d;
+  d.id = "323e4567-e89b-42d3-a456-426614174000";
+  d.seq = 17;
+  d.original_event = sample_event();
+  d.consumer = "route:rule-1:0";
+  d.error = {"http_500", "upstream said \"no\"\n\x01", std::string("at f()\nat g()"), {{"status", 500}}};
+  d.attempts = 3;
+  d.max_attempts = 5;
+  d.first_failed_at = *parse_rfc3339("2025-06-01T12:00:00.000001Z");
+  d.failed_at = *parse_rfc3339("2025-06-01T12:05:00.5Z");
+  d.next_retry_at = *parse_rfc3339("2025-06-01T12:10:00Z");
+  d.status = "retrying";
+  d.permanent_reason = "none yet";
+  d.resolved_at = *parse_rfc3339("2025-06-02T00:00:00Z");
+  d.lease_until = *parse_rfc3339("2025-06-01T12:10:30Z");
+  d.retry_config = json::parse(R"({"maxAttempts":5,"backoff":{"kind":"exponential","baseMs":1000}})").as_object();
+  d.history.push_back({1, d.first_failed_at, false, processing_error{"timeout", "slow", std::nullopt, {}}, 5000, false});
+  d.history.push_back({2, d.failed_at, true, std::nullopt, 12, true});
+  return d;
+}
+
+TEST(DeadLetterCodec, RoundTripsEveryFieldWithTheSpecNames) {
+  const auto d = sample_dead_letter();
+  const auto o = to_json(d);
+  // The spec's camelCase names and RFC 3339 times (the HTTP API sends this shape).
+  EXPECT_EQ(o.at("originalEvent").at("position").as_int64(), 42);
+  EXPECT_EQ(o.at("maxAttempts").as_int64(), 5);
+  EXPECT_EQ(o.at("firstFailedAt").as_string(), "2025-06-01T12:00:00.000001Z");
+  EXPECT_EQ(o.at("failedAt").as_string(), "2025-06-01T12:05:00.500000Z");
+  EXPECT_EQ(o.at("nextRetryAt").as_string(), "2025-06-01T12:10:00.000000Z");
+  EXPECT_EQ(o.at("leaseUntil").as_string(), "2025-06-01T12:10:30.000000Z");
+  EXPECT_EQ(o.at("permanentReason").as_string(), "none yet");
+  EXPECT_EQ(o.at("error").at("stack").as_string(), "at f()\nat g()");
+  EXPECT_EQ(o.at("history").at(1).at("durationMs").as_int64(), 12);
+  EXPECT_TRUE(o.at("history").at(1).at("manual").as_bool());
+  EXPECT_FALSE(o.at("history").at(1).as_object().contains("error"));
+
+  auto back = dead_letter_from_text(json::serialize(o));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->id, d.id);
+  EXPECT_EQ(back->seq, d.seq);
+  EXPECT_EQ(back->original_event.id, d.original_event.id);
+  EXPECT_EQ(back->original_event.type, d.original_event.type);
+  EXPECT_EQ(back->original_event.time, d.original_event.time);
+  EXPECT_EQ(back->original_event.position, d.original_event.position);
+  EXPECT_EQ(back->original_event.payload, d.original_event.payload);
+  EXPECT_EQ(back->consumer, d.consumer);
+  EXPECT_EQ(back->error.type, d.error.type);
+  EXPECT_EQ(back->error.message, d.error.message);
+  EXPECT_EQ(back->error.stack, d.error.stack);
+  EXPECT_EQ(back->error.context, d.error.context);
+  EXPECT_EQ(back->attempts, 3);
+  EXPECT_EQ(back->max_attempts, 5);
+  EXPECT_EQ(back->first_failed_at, d.first_failed_at);
+  EXPECT_EQ(back->failed_at, d.failed_at);
+  EXPECT_EQ(back->next_retry_at, d.next_retry_at);
+  EXPECT_EQ(back->status, d.status);
+  EXPECT_EQ(back->permanent_reason, d.permanent_reason);
+  EXPECT_EQ(back->resolved_at, d.resolved_at);
+  EXPECT_EQ(back->lease_until, d.lease_until);
+  EXPECT_EQ(back->retry_config, d.retry_config);
+  ASSERT_EQ(back->history.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(back->history[i].attempt, d.history[i].attempt);
+    EXPECT_EQ(back->history[i].at, d.history[i].at);
+    EXPECT_EQ(back->history[i].success, d.history[i].success);
+    EXPECT_EQ(back->history[i].duration_ms, d.history[i].duration_ms);
+    EXPECT_EQ(back->history[i].manual, d.history[i].manual);
+    EXPECT_EQ(back->history[i].error.has_value(), d.history[i].error.has_value());
+  }
+  EXPECT_EQ(back->history[0].error->type, "timeout");
+  EXPECT_EQ(json::serialize(to_json(*back)), json::serialize(o));
+}
+
+TEST(DeadLetterCodec, AbsentOptionalsAreOmittedAndComeBackAbsent) {
+  auto d = sample_dead_letter();
+  d.next_retry_at.reset();
+  d.permanent_reason.reset();
+  d.resolved_at.reset();
+  d.error.stack.reset();
+  d.history.clear();
+  const auto o = to_json(d);
+  for (const char* key : {"nextRetryAt", "permanentReason", "resolvedAt"}) EXPECT_FALSE(o.contains(key)) << key;
+  EXPECT_FALSE(o.at("error").as_object().contains("stack"));
+  auto back = dead_letter_from_json(o);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_FALSE(back->next_retry_at);
+  EXPECT_FALSE(back->permanent_reason);
+  EXPECT_FALSE(back->resolved_at);
+  EXPECT_FALSE(back->error.stack);
+  EXPECT_TRUE(back->history.empty());
+
+  auto pe = processing_error_from_json(to_json(d.error));
+  ASSERT_TRUE(pe);
+  EXPECT_EQ(pe->type, "http_500");
+  EXPECT_EQ(pe->context, d.error.context);
+}
+
+TEST(DeadLetterCodec, CorruptInputIsAnInternalErrorNeverACrash) {
+  const auto good = to_json(sample_dead_letter());
+  auto corrupt = [](const json::value& v) {
+    auto r = dead_letter_from_json(v);
+    return !r && r.error().code == errc::internal;
+  };
+  EXPECT_TRUE(corrupt(json::value(nullptr)));
+  EXPECT_TRUE(corrupt(json::array{}));
+  EXPECT_TRUE(corrupt(json::object{}));
+  for (const char* key : {"id", "seq", "originalEvent", "consumer", "error", "attempts", "maxAttempts", "firstFailedAt",
+                          "failedAt", "status", "leaseUntil", "retryConfig", "history"}) {
+    auto o = good;
+    o.erase(key);
+    EXPECT_TRUE(corrupt(o)) << "without " << key;
+    o[key] = json::array{1};
+    EXPECT_TRUE(corrupt(o)) << "wrong type for " << key;
+  }
+  auto o = good;
+  o["nextRetryAt"] = "yesterday";
+  EXPECT_TRUE(corrupt(o));
+  o = good;
+  o["seq"] = 1.5;
+  EXPECT_TRUE(corrupt(o));
+  o = good;
+  o["history"].as_array()[0].as_object()["error"] = 3;
+  EXPECT_TRUE(corrupt(o));
+  o = good;
+  o["history"].as_array()[1].as_object().erase("at");
+  EXPECT_TRUE(corrupt(o));
+  o = good;
+  o["originalEvent"].as_object().erase("payload");
+  EXPECT_TRUE(corrupt(o));
+  o = good;
+  o["error"].as_object()["context"] = "text";
+  EXPECT_TRUE(corrupt(o));
+  for (const char* text : {"", "{", "[1,2]", "null", "{\"id\":1}"}) {
+    auto r = dead_letter_from_text(text);
+    ASSERT_FALSE(r) << text;
+    EXPECT_EQ(r.error().code, errc::internal);
+  }
+  EXPECT_EQ(processing_error_from_json(json::value(2)).error().code, errc::internal);
 }
 
 }  // namespace pliers

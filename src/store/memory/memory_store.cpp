@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "core/clock.hpp"
+#include "store/dead_letter_codec.hpp"
 #include "store/scheduled_codec.hpp"
 
 namespace pliers {
@@ -252,6 +253,94 @@ result<void> memory_store::group_leave(std::string_view name, std::string_view m
   it->second.heartbeats.erase(std::string(member));
   for (auto& p : it->second.partitions)
     if (p.owner == std::optional<std::string>(std::string(member))) p.owner.reset();
+  return {};
+}
+
+namespace {
+
+// dlq_claim_due's rule: a due retry, or a retry whose claimant's lease ran out.
+bool dlq_claimable(const dead_letter& d, timestamp now) {
+  if (d.status == "pending_retry") return d.next_retry_at && *d.next_retry_at <= now;
+  return d.status == "retrying" && d.lease_until <= now;
+}
+
+error dlq_not_found(std::string_view id) {
+  return error::make(errc::not_found, "no dead-letter entry " + std::string(id));
+}
+
+}  // namespace
+
+result<dead_letter> memory_store::dlq_add(dead_letter entry) {
+  if (auto ok = prepare_dead_letter(entry); !ok) return std::move(ok).error();
+  std::unique_lock lock(mutex_);
+  auto key = std::make_pair(entry.consumer, entry.original_event.id);
+  if (auto it = dlq_by_key_.find(key); it != dlq_by_key_.end()) return dead_letters_.at(it->second);
+  if (dlq_by_id_.count(entry.id)) return error::make(errc::conflict, "dead-letter entry " + entry.id + " exists");
+  entry.seq = ++dlq_last_seq_;
+  dlq_by_id_.emplace(entry.id, entry.seq);
+  dlq_by_key_.emplace(std::move(key), entry.seq);
+  dead_letters_.emplace(entry.seq, entry);
+  return entry;
+}
+
+result<dead_letter> memory_store::dlq_get(std::string_view id) {
+  std::shared_lock lock(mutex_);
+  auto it = dlq_by_id_.find(id);
+  if (it == dlq_by_id_.end()) return dlq_not_found(id);
+  return dead_letters_.at(it->second);
+}
+
+result<dead_letter_page> memory_store::dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                                std::optional<std::int64_t> after_seq) {
+  auto matcher = dead_letter_matcher::make(filter);
+  if (!matcher) return std::move(matcher).error();
+  limit = std::min(limit, max_page_limit);
+  std::shared_lock lock(mutex_);
+  dead_letter_page page;
+  for (const auto& [seq, d] : dead_letters_) {
+    if (!matcher->matches(d)) continue;
+    ++page.total_count;
+    if (after_seq && seq <= *after_seq) continue;
+    if (page.entries.size() < limit) page.entries.push_back(d);
+    else page.has_more = true;
+  }
+  if (page.has_more) page.next_after = page.entries.empty() ? after_seq.value_or(0) : page.entries.back().seq;
+  return page;
+}
+
+result<std::vector<dead_letter>> memory_store::dlq_claim_due(timestamp now, std::size_t max,
+                                                             std::chrono::milliseconds lease) {
+  std::unique_lock lock(mutex_);
+  std::vector<dead_letter> out;
+  for (auto& [seq, d] : dead_letters_) {
+    if (out.size() >= max) break;
+    if (!dlq_claimable(d, now)) continue;
+    d.status = "retrying";
+    d.lease_until = now + lease;
+    out.push_back(d);
+  }
+  return out;
+}
+
+result<dead_letter> memory_store::dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) {
+  std::unique_lock lock(mutex_);
+  auto it = dlq_by_id_.find(id);
+  if (it == dlq_by_id_.end()) return dlq_not_found(id);
+  auto& d = dead_letters_.at(it->second);
+  if (d.status == "resolved") return error::make(errc::conflict, "dead-letter entry " + d.id + " is resolved");
+  if (d.status == "retrying" && d.lease_until > now)
+    return error::make(errc::conflict, "dead-letter entry " + d.id + " is being retried");
+  d.status = "retrying";
+  d.lease_until = now + lease;
+  return d;
+}
+
+result<void> memory_store::dlq_update(const dead_letter& entry) {
+  if (auto ok = check_dead_letter_update(entry); !ok) return ok;
+  std::unique_lock lock(mutex_);
+  auto it = dlq_by_id_.find(entry.id);
+  if (it == dlq_by_id_.end()) return dlq_not_found(entry.id);
+  apply_dead_letter_update(dead_letters_.at(it->second), entry);
   return {};
 }
 

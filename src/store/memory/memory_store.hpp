@@ -40,6 +40,13 @@ class memory_store final : public event_store, private append_lookup {
   result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) override;
   result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
                                 std::optional<std::string> error) override;
+  result<dead_letter> dlq_add(dead_letter entry) override;
+  result<dead_letter> dlq_get(std::string_view id) override;
+  result<dead_letter_page> dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                    std::optional<std::int64_t> after_seq) override;
+  result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
+  result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
+  result<void> dlq_update(const dead_letter& entry) override;
 
  private:
   void submit_group(std::vector<append_request> requests, group_callback done) override;
@@ -65,6 +72,10 @@ class memory_store final : public event_store, private append_lookup {
     std::vector<group_partition> partitions;
   };
   std::map<std::string, group, std::less<>> groups_;
+  std::map<std::int64_t, dead_letter> dead_letters_;             // by seq
+  std::map<std::string, std::int64_t, std::less<>> dlq_by_id_;   // id -> seq
+  std::map<std::pair<std::string, std::string>, std::int64_t> dlq_by_key_;  // (consumer, event id) -> seq
+  std::int64_t dlq_last_seq_ = 0;
 };
 
 }  // namespace pliers

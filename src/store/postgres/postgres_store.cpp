@@ -14,6 +14,7 @@
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 #include "store/append_planner.hpp"
+#include "store/dead_letter_codec.hpp"
 #include "store/group_commit.hpp"
 #include "store/postgres/pg_db.hpp"
 #include "store/scheduled_codec.hpp"
@@ -126,6 +127,23 @@ CREATE TABLE consumer_group_partitions (
   checkpoint BIGINT NOT NULL,
   PRIMARY KEY (group_name, partition)
 );
+)sql";
+
+constexpr const char* migration_4 = R"sql(
+CREATE TABLE dead_letters (
+  seq BIGSERIAL PRIMARY KEY,        -- insertion order: the list cursor
+  id UUID NOT NULL UNIQUE,
+  consumer TEXT NOT NULL,           -- plugin:<id> | route:<ruleId>:<targetIndex>
+  event_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  status TEXT NOT NULL,             -- pending_retry | retrying | permanent_failure | resolved
+  failed_at TIMESTAMPTZ NOT NULL,
+  next_retry_at TIMESTAMPTZ,
+  lease_until TIMESTAMPTZ NOT NULL,
+  body TEXT NOT NULL,               -- the whole entry (store/dead_letter_codec.hpp)
+  UNIQUE (consumer, event_id)
+);
+CREATE INDEX idx_dead_letters_due ON dead_letters (status, next_retry_at);
 )sql";
 
 constexpr const char* scheduled_columns =
@@ -786,7 +804,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
     auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
     if (!applied) return std::move(applied).error();
     const auto version = applied->int64(0, 0);
-    constexpr std::int64_t known = 3;
+    constexpr std::int64_t known = 4;
     if (version > known)
       return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
                                                 " is newer than this server knows (" + std::to_string(known) + ")");
@@ -802,6 +820,10 @@ result<void> run_migrations(connection& db, const store_options& o) {
       if (auto r = db.exec(migration_3); !r) return std::move(r).error();
       if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (3)"); !r) return std::move(r).error();
     }
+    if (version < 4) {
+      if (auto r = db.exec(migration_4); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (4)"); !r) return std::move(r).error();
+    }
     return {};
   };
   auto r = body();
@@ -816,7 +838,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
 }  // namespace
 
 std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index) {
-  return migration_1(partition_strategy, json_index);
+  return migration_1(partition_strategy, json_index) + migration_2 + migration_3 + migration_4;
 }
 
 result<void> migrate_postgres(const std::string& url, const store_options& options) {
@@ -1250,6 +1272,222 @@ result<void> postgres_store::detach_partition(const std::string& name, bool drop
     if (drop)
       if (auto d = db.exec("DROP TABLE " + name); !d) return std::move(d).error();
     return {};
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Dead-letter queue. The row's `body` is the entry as dead_letter_codec writes it (TEXT,
+// not JSONB: byte-exact, and JSONB would refuse a "\u0000" in a plugin's error message);
+// the other columns copy what SQL filters and orders on and are written only by
+// store_dead_letters, together with the body. The `seq` column is authoritative.
+
+namespace {
+
+error dlq_missing(std::string_view id) {
+  return error::make(errc::not_found, "no dead-letter entry " + std::string(id));
+}
+
+// Rows selecting (seq, body).
+result<std::vector<dead_letter>> rows_to_dead_letters(const pg::query_result& r) {
+  std::vector<dead_letter> out;
+  out.reserve(static_cast<std::size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) {
+    auto d = dead_letter_from_text(r.text(i, 1));
+    if (!d) return std::move(d).error();
+    d->seq = r.int64(i, 0);
+    out.push_back(std::move(*d));
+  }
+  return out;
+}
+
+// Writes the mutable columns and the body of the rows `entries` (by seq), in one statement.
+result<void> store_dead_letters(connection& db, const std::vector<dead_letter>& entries) {
+  if (entries.empty()) return {};
+  std::vector<std::string> seqs, statuses, bodies;
+  std::string failed = "{", next = "{", lease = "{";
+  for (const auto& d : entries) {
+    const char* sep = seqs.empty() ? "" : ",";
+    seqs.push_back(std::to_string(d.seq));
+    statuses.push_back(d.status);
+    bodies.push_back(json::serialize(to_json(d)));
+    failed += sep + format_rfc3339(d.failed_at);
+    next += sep + (d.next_retry_at ? format_rfc3339(*d.next_retry_at) : std::string("NULL"));
+    lease += sep + format_rfc3339(d.lease_until);
+  }
+  auto r = db.exec(
+      "UPDATE dead_letters AS d SET status = u.status, failed_at = u.failed_at, next_retry_at = u.next_retry_at, "
+      "lease_until = u.lease_until, body = u.body FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], "
+      "$4::timestamptz[], $5::timestamptz[], $6::text[]) AS u(seq, status, failed_at, next_retry_at, lease_until, body) "
+      "WHERE d.seq = u.seq",
+      {text_array(seqs), text_array(statuses), failed + "}", next + "}", lease + "}", text_array(bodies)});
+  if (!r) return std::move(r).error();
+  return {};
+}
+
+// Runs fn in a transaction on `db`: COMMIT when it succeeds, ROLLBACK otherwise.
+template <class F>
+auto in_transaction(connection& db, F fn) -> decltype(fn()) {
+  if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
+  auto r = fn();
+  if (!r) {
+    if (!db.broken()) (void)db.exec("ROLLBACK");
+    return r;
+  }
+  if (auto c = db.exec("COMMIT"); !c) return std::move(c).error();
+  return r;
+}
+
+}  // namespace
+
+result<dead_letter> postgres_store::dlq_add(dead_letter entry) {
+  if (auto ok = prepare_dead_letter(entry); !ok) return std::move(ok).error();
+  return impl_->with_reader([&](connection& db) -> result<dead_letter> {
+    // The seq is taken first so the body can carry it; a seq lost to a conflict leaves a
+    // gap, which the list cursor does not mind.
+    auto seq = db.exec("SELECT nextval(pg_get_serial_sequence('dead_letters', 'seq'))");
+    if (!seq) return std::move(seq).error();
+    dead_letter d = entry;
+    d.seq = seq->int64(0, 0);
+    auto ins = db.exec(
+        "INSERT INTO dead_letters (seq, id, consumer, event_id, event_type, status, failed_at, next_retry_at, "
+        "lease_until, body) VALUES ($1, $2::uuid, $3, $4, $5, $6, $7::timestamptz, $8::timestamptz, $9::timestamptz, $10) "
+        "ON CONFLICT DO NOTHING RETURNING seq",
+        {std::to_string(d.seq), d.id, d.consumer, d.original_event.id, d.original_event.type, d.status,
+         format_rfc3339(d.failed_at),
+         d.next_retry_at ? std::optional<std::string>(format_rfc3339(*d.next_retry_at)) : std::nullopt,
+         format_rfc3339(d.lease_until), json::serialize(to_json(d))});
+    if (!ins) return std::move(ins).error();
+    if (ins->rows() == 1) return d;
+    // Not inserted: an entry for (consumer, event) exists (return it), or the id is taken.
+    auto existing = db.exec("SELECT seq, body FROM dead_letters WHERE consumer = $1 AND event_id = $2",
+                            {d.consumer, d.original_event.id});
+    if (!existing) return std::move(existing).error();
+    auto rows = rows_to_dead_letters(*existing);
+    if (!rows) return std::move(rows).error();
+    if (rows->empty()) return error::make(errc::conflict, "dead-letter entry " + d.id + " exists");
+    return std::move(rows->front());
+  });
+}
+
+result<dead_letter> postgres_store::dlq_get(std::string_view id) {
+  if (!is_uuid(id)) return dlq_missing(id);
+  return impl_->with_reader([&](connection& db) -> result<dead_letter> {
+    auto r = db.exec("SELECT seq, body FROM dead_letters WHERE id = $1::uuid", {std::string(id)});
+    if (!r) return std::move(r).error();
+    auto rows = rows_to_dead_letters(*r);
+    if (!rows) return std::move(rows).error();
+    if (rows->empty()) return dlq_missing(id);
+    return std::move(rows->front());
+  });
+}
+
+result<dead_letter_page> postgres_store::dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                                  std::optional<std::int64_t> after_seq) {
+  auto matcher = dead_letter_matcher::make(filter);
+  if (!matcher) return std::move(matcher).error();
+  limit = std::min(limit, max_page_limit);
+  std::string where = " WHERE TRUE";
+  params values;
+  auto param = [&](std::string v) {
+    values.emplace_back(std::move(v));
+    return "$" + std::to_string(values.size());
+  };
+  // Type patterns as the same regex event queries use (exact, so the count is too).
+  if (const auto& p = matcher->pattern())
+    where += p->is_literal() ? " AND event_type = " + param(p->text())
+                             : " AND ('.' || event_type) ~ " + param(pattern_regex(*p));
+  if (filter.consumer) where += " AND consumer = " + param(*filter.consumer);
+  if (filter.status) where += " AND status = " + param(*filter.status);
+  if (filter.from) where += " AND failed_at >= " + param(format_rfc3339(*filter.from)) + "::timestamptz";
+  if (filter.to) where += " AND failed_at <= " + param(format_rfc3339(*filter.to)) + "::timestamptz";
+  return impl_->with_reader([&](connection& db) -> result<dead_letter_page> {
+    if (auto r = db.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); !r) return std::move(r).error();
+    auto run = [&]() -> result<dead_letter_page> {
+      dead_letter_page page;
+      auto count = db.exec("SELECT count(*) FROM dead_letters" + where, values);
+      if (!count) return std::move(count).error();
+      page.total_count = count->int64(0, 0);
+      auto page_values = values;
+      page_values.emplace_back(std::to_string(after_seq.value_or(0)));
+      page_values.emplace_back(std::to_string(limit + 1));
+      const auto n = values.size();
+      auto rows = db.exec("SELECT seq, body FROM dead_letters" + where + " AND seq > $" + std::to_string(n + 1) +
+                              " ORDER BY seq LIMIT $" + std::to_string(n + 2),
+                          page_values);
+      if (!rows) return std::move(rows).error();
+      auto entries = rows_to_dead_letters(*rows);
+      if (!entries) return std::move(entries).error();
+      page.entries = std::move(*entries);
+      if (page.entries.size() > limit) {
+        page.entries.resize(limit);
+        page.has_more = true;
+        page.next_after = page.entries.empty() ? after_seq.value_or(0) : page.entries.back().seq;
+      }
+      return page;
+    };
+    auto r = run();
+    if (!db.broken()) (void)db.exec(r ? "COMMIT" : "ROLLBACK");
+    return r;
+  });
+}
+
+// Several nodes may claim at once: SKIP LOCKED hands each due entry to one of them, and
+// the re-check of the WHERE clause on a row another claimer just committed leaves it out.
+result<std::vector<dead_letter>> postgres_store::dlq_claim_due(timestamp now, std::size_t max,
+                                                               std::chrono::milliseconds lease) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<dead_letter>> {
+    return in_transaction(db, [&]() -> result<std::vector<dead_letter>> {
+      auto r = db.exec(
+          "SELECT seq, body FROM dead_letters WHERE (status = 'pending_retry' AND next_retry_at <= $1::timestamptz) OR "
+          "(status = 'retrying' AND lease_until <= $1::timestamptz) ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+          {format_rfc3339(now), std::to_string(std::min<std::size_t>(max, INT64_MAX))});
+      if (!r) return std::move(r).error();
+      auto rows = rows_to_dead_letters(*r);
+      if (!rows) return std::move(rows).error();
+      for (auto& d : *rows) {
+        d.status = "retrying";
+        d.lease_until = now + lease;
+      }
+      if (auto w = store_dead_letters(db, *rows); !w) return std::move(w).error();
+      return rows;
+    });
+  });
+}
+
+result<dead_letter> postgres_store::dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) {
+  if (!is_uuid(id)) return dlq_missing(id);
+  return impl_->with_reader([&](connection& db) -> result<dead_letter> {
+    return in_transaction(db, [&]() -> result<dead_letter> {
+      auto r = db.exec("SELECT seq, body FROM dead_letters WHERE id = $1::uuid FOR UPDATE", {std::string(id)});
+      if (!r) return std::move(r).error();
+      auto rows = rows_to_dead_letters(*r);
+      if (!rows) return std::move(rows).error();
+      if (rows->empty()) return dlq_missing(id);
+      auto& d = rows->front();
+      if (d.status == "resolved") return error::make(errc::conflict, "dead-letter entry " + d.id + " is resolved");
+      if (d.status == "retrying" && d.lease_until > now)
+        return error::make(errc::conflict, "dead-letter entry " + d.id + " is being retried");
+      d.status = "retrying";
+      d.lease_until = now + lease;
+      if (auto w = store_dead_letters(db, *rows); !w) return std::move(w).error();
+      return std::move(d);
+    });
+  });
+}
+
+result<void> postgres_store::dlq_update(const dead_letter& entry) {
+  if (auto ok = check_dead_letter_update(entry); !ok) return ok;
+  if (!is_uuid(entry.id)) return dlq_missing(entry.id);
+  return impl_->with_reader([&](connection& db) -> result<void> {
+    return in_transaction(db, [&]() -> result<void> {
+      auto r = db.exec("SELECT seq, body FROM dead_letters WHERE id = $1::uuid FOR UPDATE", {entry.id});
+      if (!r) return std::move(r).error();
+      auto rows = rows_to_dead_letters(*r);
+      if (!rows) return std::move(rows).error();
+      if (rows->empty()) return dlq_missing(entry.id);
+      apply_dead_letter_update(rows->front(), entry);
+      return store_dead_letters(db, *rows);
+    });
   });
 }
 

@@ -2,7 +2,8 @@
 // `aggregates` (one row per aggregate: type and version, the row lock serializes appends to
 // it), `log_head` (the one-row position counter), `event_ids` (global id uniqueness and
 // idempotency), `events` (partitioned by timestamp: monthly | weekly | daily | none),
-// `event_snapshots`, `schema_migrations`, `pliers_settings`.
+// `event_snapshots`, `schema_migrations`, `pliers_settings`; beside the log,
+// `scheduled_events`, `consumer_group_*` and `dead_letters` (the dead-letter queue).
 //
 // Appends: one group-commit thread per process with its own connection; each batch is one
 // transaction: reserve and lock the aggregate rows (sorted), check versions and ids, take
@@ -57,6 +58,13 @@ class postgres_store final : public event_store {
   result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) override;
   result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
                                 std::optional<std::string> error) override;
+  result<dead_letter> dlq_add(dead_letter entry) override;
+  result<dead_letter> dlq_get(std::string_view id) override;
+  result<dead_letter_page> dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                    std::optional<std::int64_t> after_seq) override;
+  result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
+  result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
+  result<void> dlq_update(const dead_letter& entry) override;
 
   // Partition operations (also run by the maintenance job: current period + 3 ahead).
   result<std::vector<partition_info>> list_partitions();
@@ -73,8 +81,9 @@ class postgres_store final : public event_store {
   std::unique_ptr<impl> impl_;
 };
 
-// The DDL of the current schema for a partition strategy and JSON index kind (for tools
-// that measure the same tables, e.g. bench/). Partitions are not included.
+// The DDL of the current schema (every migration, in order) for a partition strategy and
+// JSON index kind (for tools that measure the same tables, e.g. bench/). Partitions and
+// schema_migrations are not included.
 std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index);
 
 // Runs the migrations only (the `migrate` command).

@@ -1,4 +1,4 @@
-// File format (schema version 1), owned by this file and described in docs/storage.md:
+// File format (schema version 4), owned by this file and described in docs/storage.md:
 //
 //   events(position INTEGER PRIMARY KEY      -- global log position = rowid, 1, 2, 3 ...
 //          id TEXT UNIQUE, type, version, timestamp INTEGER (microseconds since epoch, UTC),
@@ -10,6 +10,11 @@
 //   snapshots(aggregate_id, sequence_number, aggregate_type, data TEXT, created_at,
 //             PRIMARY KEY(aggregate_id, sequence_number))
 //   schema_migrations(version PRIMARY KEY, applied_at)
+//   scheduled_events (2), consumer_group_members / consumer_group_partitions (3)
+//   dead_letters(seq INTEGER PRIMARY KEY AUTOINCREMENT, id UNIQUE, consumer, event_id,
+//                event_type, status, failed_at, next_retry_at, lease_until (micros),
+//                body TEXT (the entry as store/dead_letter_codec.hpp writes it),
+//                UNIQUE(consumer, event_id))                    -- (4)
 //
 // Positions are gap-free and commit-ordered because exactly one writer (the group-commit
 // thread) assigns them inside its transaction, and a failed transaction restores the head.
@@ -21,6 +26,7 @@
 
 #include "core/clock.hpp"
 #include "store/append_planner.hpp"
+#include "store/dead_letter_codec.hpp"
 #include "store/group_commit.hpp"
 #include "store/scheduled_codec.hpp"
 #include "store/sqlite/sqlite_db.hpp"
@@ -101,6 +107,22 @@ CREATE TABLE consumer_group_partitions (
   checkpoint INTEGER NOT NULL,
   PRIMARY KEY (group_name, partition)
 ) WITHOUT ROWID;
+)sql",
+    R"sql(
+CREATE TABLE dead_letters (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  consumer TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  status TEXT NOT NULL,
+  failed_at INTEGER NOT NULL,
+  next_retry_at INTEGER,
+  lease_until INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  UNIQUE (consumer, event_id)
+);
+CREATE INDEX idx_dead_letters_due ON dead_letters (status, next_retry_at);
 )sql",
 };
 
@@ -444,7 +466,14 @@ sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {
   impl_->on_commit = [this] { notify_committed(); };
 }
 
-const char* sqlite_store::schema_sql() { return migrations[0]; }
+const char* sqlite_store::schema_sql() {
+  static const std::string all = [] {
+    std::string sql;
+    for (const char* m : migrations) sql += m;
+    return sql;
+  }();
+  return all.c_str();
+}
 
 sqlite_store::~sqlite_store() {
   if (impl_ && impl_->committer) impl_->committer->stop();
@@ -845,6 +874,239 @@ result<void> sqlite_store::group_leave(std::string_view group, std::string_view 
     if (st->step() != SQLITE_DONE) return db->last_error("group leave");
   }
   return {};
+}
+
+}  // namespace pliers
+
+// ---------------------------------------------------------------------------------------
+// Dead-letter queue. Like scheduled entries, these are not events: they go through a
+// reader connection in write transactions of their own. The row's `body` is the entry as
+// dead_letter_codec writes it; the other columns copy what SQL filters and orders on, and
+// are written only by store_dead_letter, together with the body. The `seq` column is
+// authoritative (the body's copy is written from it).
+
+namespace pliers {
+
+namespace {
+
+error dlq_missing(std::string_view id) {
+  return error::make(errc::not_found, "no dead-letter entry " + std::string(id));
+}
+
+// BEGIN IMMEDIATE on a pooled connection; rolled back unless committed.
+class write_transaction {
+ public:
+  explicit write_transaction(connection& c) : c_(c) {}
+  ~write_transaction() {
+    if (open_) (void)c_.exec("ROLLBACK");
+  }
+  write_transaction(const write_transaction&) = delete;
+  write_transaction& operator=(const write_transaction&) = delete;
+  result<void> begin() {
+    auto r = c_.exec("BEGIN IMMEDIATE");
+    open_ = r.has_value();
+    return r;
+  }
+  result<void> commit() {
+    auto r = c_.exec("COMMIT");
+    if (r) open_ = false;
+    return r;
+  }
+
+ private:
+  connection& c_;
+  bool open_ = false;
+};
+
+// Steps a statement selecting (seq, body) to the end.
+result<std::vector<dead_letter>> collect_dead_letters(connection& db, statement& st, const char* what) {
+  std::vector<dead_letter> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) {
+    auto d = dead_letter_from_text(st.text(1));
+    if (!d) return std::move(d).error();
+    d->seq = st.int64(0);
+    out.push_back(std::move(*d));
+  }
+  if (rc != SQLITE_DONE) return db.last_error(what);
+  return out;
+}
+
+result<std::optional<dead_letter>> find_dead_letter(connection& db, const char* where, std::string_view a,
+                                                    std::optional<std::string_view> b = std::nullopt) {
+  auto st = db.prepare(std::string("SELECT seq, body FROM dead_letters WHERE ") + where);
+  if (!st) return std::move(st).error();
+  st->bind(1, a);
+  if (b) st->bind(2, *b);
+  auto rows = collect_dead_letters(db, *st, "read dead letter");
+  if (!rows) return std::move(rows).error();
+  if (rows->empty()) return std::optional<dead_letter>();
+  return std::optional<dead_letter>(std::move(rows->front()));
+}
+
+// Writes the mutable columns and the body of the row d.seq.
+result<void> store_dead_letter(connection& db, const dead_letter& d) {
+  auto st = db.prepare(
+      "UPDATE dead_letters SET status = ?1, failed_at = ?2, next_retry_at = ?3, lease_until = ?4, body = ?5 "
+      "WHERE seq = ?6");
+  if (!st) return std::move(st).error();
+  const auto body = json::serialize(to_json(d));
+  st->bind(1, std::string_view(d.status)).bind(2, to_micros(d.failed_at));
+  if (d.next_retry_at) st->bind(3, to_micros(*d.next_retry_at));
+  else st->bind(3, std::optional<std::string>());
+  st->bind(4, to_micros(d.lease_until)).bind_static(5, body).bind(6, d.seq);
+  if (st->step() != SQLITE_DONE) return db.last_error("write dead letter");
+  return {};
+}
+
+}  // namespace
+
+result<dead_letter> sqlite_store::dlq_add(dead_letter entry) {
+  if (auto ok = prepare_dead_letter(entry); !ok) return std::move(ok).error();
+  auto db = impl_->reader();
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
+  auto existing = find_dead_letter(*db, "consumer = ?1 AND event_id = ?2", entry.consumer, entry.original_event.id);
+  if (!existing) return std::move(existing).error();
+  if (*existing) return std::move(**existing);
+  auto st = db->prepare(
+      "INSERT INTO dead_letters (id, consumer, event_id, event_type, status, failed_at, lease_until, body) "
+      "VALUES (?, ?, ?, ?, '', 0, 0, '')");
+  if (!st) return std::move(st).error();
+  st->bind(1, std::string_view(entry.id)).bind(2, std::string_view(entry.consumer));
+  st->bind(3, std::string_view(entry.original_event.id)).bind(4, std::string_view(entry.original_event.type));
+  if (st->step() != SQLITE_DONE) {
+    if ((sqlite3_extended_errcode(db->handle()) & 0xff) == SQLITE_CONSTRAINT)
+      return error::make(errc::conflict, "dead-letter entry " + entry.id + " exists");
+    return db->last_error("add dead letter");
+  }
+  entry.seq = sqlite3_last_insert_rowid(db->handle());
+  if (auto r = store_dead_letter(*db, entry); !r) return std::move(r).error();
+  if (auto r = txn.commit(); !r) return std::move(r).error();
+  return entry;
+}
+
+result<dead_letter> sqlite_store::dlq_get(std::string_view id) {
+  auto db = impl_->reader();
+  auto d = find_dead_letter(*db, "id = ?1", id);
+  if (!d) return std::move(d).error();
+  if (!*d) return dlq_missing(id);
+  return std::move(**d);
+}
+
+result<dead_letter_page> sqlite_store::dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                                std::optional<std::int64_t> after_seq) {
+  auto matcher = dead_letter_matcher::make(filter);
+  if (!matcher) return std::move(matcher).error();
+  limit = std::min(limit, max_page_limit);
+  // The same parameter scheme as event queries: ?1 is the pattern (through pliers_match,
+  // the memory store's matcher), the conditions follow.
+  event_query patterns;
+  where_clause w;
+  w.sql = " WHERE 1=1";
+  auto cond = [&](const char* sql, std::variant<std::int64_t, std::string> v) {
+    w.sql += sql;
+    w.sql += "?" + std::to_string(w.binds.size() + 2);
+    w.binds.push_back(std::move(v));
+  };
+  if (const auto& p = matcher->pattern()) {
+    if (p->is_literal()) {
+      cond(" AND event_type = ", p->text());
+    } else {
+      patterns.event_types.push_back(*p);
+      w.sql += " AND pliers_match(event_type, ?1, 0)";
+      w.uses_pointer = true;
+    }
+  }
+  if (filter.consumer) cond(" AND consumer = ", *filter.consumer);
+  if (filter.status) cond(" AND status = ", *filter.status);
+  if (filter.from) cond(" AND failed_at >= ", to_micros(*filter.from));
+  if (filter.to) cond(" AND failed_at <= ", to_micros(*filter.to));
+
+  auto db = impl_->reader();
+  // One read transaction so that the count and the page see the same snapshot.
+  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
+  struct end_txn {
+    connection& c;
+    ~end_txn() { (void)c.exec("COMMIT"); }
+  } guard{*db};
+  dead_letter_page page;
+  {
+    auto st = db->prepare("SELECT COUNT(*) FROM dead_letters" + w.sql);
+    if (!st) return std::move(st).error();
+    bind_where(*st, w, patterns);
+    if (st->step() != SQLITE_ROW) return db->last_error("count dead letters");
+    page.total_count = st->int64(0);
+  }
+  const int n = static_cast<int>(w.binds.size()) + 2;
+  auto st = db->prepare("SELECT seq, body FROM dead_letters" + w.sql + " AND seq > ?" + std::to_string(n) +
+                        " ORDER BY seq LIMIT ?" + std::to_string(n + 1));
+  if (!st) return std::move(st).error();
+  bind_where(*st, w, patterns);
+  st->bind(n, after_seq.value_or(0)).bind(n + 1, static_cast<std::int64_t>(limit + 1));
+  auto rows = collect_dead_letters(*db, *st, "list dead letters");
+  if (!rows) return std::move(rows).error();
+  page.entries = std::move(*rows);
+  if (page.entries.size() > limit) {
+    page.entries.resize(limit);
+    page.has_more = true;
+    page.next_after = page.entries.empty() ? after_seq.value_or(0) : page.entries.back().seq;
+  }
+  return page;
+}
+
+result<std::vector<dead_letter>> sqlite_store::dlq_claim_due(timestamp now, std::size_t max,
+                                                             std::chrono::milliseconds lease) {
+  auto db = impl_->reader();
+  // BEGIN IMMEDIATE takes the database's write lock first: concurrent claimers, in this
+  // process or another, run one after the other and never see the same entry as due.
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
+  auto st = db->prepare(
+      "SELECT seq, body FROM dead_letters WHERE (status = 'pending_retry' AND next_retry_at <= ?1) OR "
+      "(status = 'retrying' AND lease_until <= ?1) ORDER BY seq LIMIT ?2");
+  if (!st) return std::move(st).error();
+  st->bind(1, to_micros(now)).bind(2, static_cast<std::int64_t>(std::min<std::size_t>(max, INT64_MAX)));
+  auto rows = collect_dead_letters(*db, *st, "claim dead letters");
+  if (!rows) return std::move(rows).error();
+  for (auto& d : *rows) {
+    d.status = "retrying";
+    d.lease_until = now + lease;
+    if (auto r = store_dead_letter(*db, d); !r) return std::move(r).error();
+  }
+  if (auto r = txn.commit(); !r) return std::move(r).error();
+  return std::move(*rows);
+}
+
+result<dead_letter> sqlite_store::dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) {
+  auto db = impl_->reader();
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
+  auto found = find_dead_letter(*db, "id = ?1", id);
+  if (!found) return std::move(found).error();
+  if (!*found) return dlq_missing(id);
+  auto& d = **found;
+  if (d.status == "resolved") return error::make(errc::conflict, "dead-letter entry " + d.id + " is resolved");
+  if (d.status == "retrying" && d.lease_until > now)
+    return error::make(errc::conflict, "dead-letter entry " + d.id + " is being retried");
+  d.status = "retrying";
+  d.lease_until = now + lease;
+  if (auto r = store_dead_letter(*db, d); !r) return std::move(r).error();
+  if (auto r = txn.commit(); !r) return std::move(r).error();
+  return std::move(d);
+}
+
+result<void> sqlite_store::dlq_update(const dead_letter& entry) {
+  if (auto ok = check_dead_letter_update(entry); !ok) return ok;
+  auto db = impl_->reader();
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
+  auto found = find_dead_letter(*db, "id = ?1", entry.id);
+  if (!found) return std::move(found).error();
+  if (!*found) return dlq_missing(entry.id);
+  apply_dead_letter_update(**found, entry);
+  if (auto r = store_dead_letter(*db, **found); !r) return std::move(r).error();
+  return txn.commit();
 }
 
 }  // namespace pliers

@@ -15,7 +15,8 @@ namespace pliers {
 class sqlite_store final : public event_store {
  public:
   static result<std::unique_ptr<sqlite_store>> open(const std::string& path, const store_options& options);
-  // The DDL of the current schema (for tools that measure the same tables, e.g. bench/).
+  // The DDL of the current schema: every migration, in order (for tools that measure the
+  // same tables, e.g. bench/). schema_migrations is created by open() itself.
   static const char* schema_sql();
   ~sqlite_store() override;
 
@@ -43,6 +44,13 @@ class sqlite_store final : public event_store {
   result<std::vector<scheduled_event>> claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) override;
   result<void> finish_scheduled(std::string_view id, std::string status, std::optional<log_position> position,
                                 std::optional<std::string> error) override;
+  result<dead_letter> dlq_add(dead_letter entry) override;
+  result<dead_letter> dlq_get(std::string_view id) override;
+  result<dead_letter_page> dlq_list(const dead_letter_filter& filter, std::size_t limit,
+                                    std::optional<std::int64_t> after_seq) override;
+  result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
+  result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
+  result<void> dlq_update(const dead_letter& entry) override;
 
   struct impl;
 

@@ -1,0 +1,842 @@
+#include "process/plugin_chain.hpp"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "core/event_codec.hpp"
+#include "core/uuid.hpp"
+#include "core/validation.hpp"
+
+namespace pliers {
+
+namespace json = boost::json;
+
+// Worker threads that run plugin calls with a deadline. A call that overruns is abandoned:
+// its caller gets no result, its thread is left to finish on its own (and then exits), and
+// a fresh thread takes its place, so one hanging plugin never starves the others. The
+// shared state outlives the runner for threads still running abandoned calls.
+class native_runner {
+ public:
+  struct task {
+    std::function<plugin_result()> fn;
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    plugin_result result;
+  };
+
+  native_runner(std::size_t workers, std::size_t max_abandoned) : state_(std::make_shared<state>()) {
+    state_->target = std::max<std::size_t>(workers, 1);
+    state_->max_abandoned = max_abandoned;
+    for (std::size_t i = 0; i < state_->target; ++i) spawn(state_);
+  }
+  ~native_runner() {
+    std::unique_lock lock(state_->mutex);
+    state_->stopping = true;
+    state_->cv.notify_all();
+    // Wait for the healthy workers; the abandoned ones keep `state_` alive by themselves.
+    state_->idle_cv.wait(lock, [&] { return state_->live <= state_->abandoned; });
+  }
+
+  result<std::shared_ptr<task>> submit(std::function<plugin_result()> fn) {
+    auto t = std::make_shared<task>();
+    t->fn = std::move(fn);
+    std::lock_guard lock(state_->mutex);
+    if (state_->abandoned >= state_->max_abandoned)
+      return error::make(errc::unavailable, std::to_string(state_->abandoned) +
+                                                " plugin calls are still running past their deadline");
+    state_->queue.push_back(t);
+    state_->cv.notify_one();
+    return t;
+  }
+
+  // The task's result, or nullopt when the deadline passed first (the task is abandoned).
+  std::optional<plugin_result> wait(const std::shared_ptr<task>& t, std::chrono::steady_clock::time_point deadline) {
+    {
+      std::unique_lock lock(t->mutex);
+      if (t->cv.wait_until(lock, deadline, [&] { return t->done; })) return std::move(t->result);
+    }
+    std::lock_guard lock(state_->mutex);
+    auto it = std::find(state_->queue.begin(), state_->queue.end(), t);
+    if (it != state_->queue.end()) {
+      state_->queue.erase(it);  // never started: nothing to abandon
+    } else {
+      std::lock_guard tl(t->mutex);
+      if (t->done) return std::move(t->result);
+      t->fn = nullptr;  // marks it abandoned for the worker
+      ++state_->abandoned;
+      spawn(state_);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  struct state {
+    std::mutex mutex;
+    std::condition_variable cv, idle_cv;
+    std::deque<std::shared_ptr<task>> queue;
+    std::size_t target = 0, live = 0, abandoned = 0, max_abandoned = 0;
+    bool stopping = false;
+  };
+
+  static void spawn(const std::shared_ptr<state>& s) {  // called with s->mutex held (or before any thread)
+    ++s->live;
+    std::thread([s] { work(s); }).detach();
+  }
+
+  static void work(std::shared_ptr<state> s) {
+    std::unique_lock lock(s->mutex);
+    while (true) {
+      s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
+      if (s->queue.empty()) break;  // stopping
+      auto t = std::move(s->queue.front());
+      s->queue.pop_front();
+      lock.unlock();
+      plugin_result r;
+      std::function<plugin_result()> fn;
+      {
+        std::lock_guard tl(t->mutex);
+        fn = t->fn;
+      }
+      try {
+        r = fn();
+      } catch (const std::exception& ex) {
+        r = failed_result({}, "exception", ex.what());
+      } catch (...) {
+        r = failed_result({}, "exception", "unknown exception");
+      }
+      bool was_abandoned = false;
+      {
+        std::lock_guard tl(t->mutex);
+        was_abandoned = t->fn == nullptr;
+        t->result = std::move(r);
+        t->done = true;
+      }
+      t->cv.notify_all();
+      lock.lock();
+      if (was_abandoned) {
+        // A replacement was started when this call was abandoned: this thread retires.
+        --s->abandoned;
+        break;
+      }
+    }
+    --s->live;
+    s->idle_cv.notify_all();
+  }
+
+  std::shared_ptr<state> state_;
+};
+
+struct plugin_chain::entry {
+  std::shared_ptr<event_plugin> plugin;
+  std::string kind;
+  std::vector<type_pattern> patterns;
+  std::vector<std::string> pattern_text;
+  plugin_options options;
+  std::int64_t priority = 0;
+  std::uint64_t order = 0;
+  std::chrono::milliseconds timeout{};
+  std::atomic<bool> enabled{true};
+  std::atomic<std::uint64_t> executions{0}, failures{0};
+};
+
+namespace {
+
+constexpr const char* lifecycle_aggregate_type = "plugin";
+
+std::string lifecycle_aggregate(std::string_view plugin_id) { return "plugin-" + std::string(plugin_id); }
+
+result<void> check_plugin_id(std::string_view id) {
+  if (id.empty() || id.size() > 100) return error::invalid("id", "must be 1 to 100 characters");
+  for (char c : id)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'))
+      return error::invalid("id", "may contain only letters, digits, '.', '_' and '-'");
+  return {};
+}
+
+std::int64_t hops_of(const event& e) {
+  if (const auto* h = e.metadata.if_contains("pluginHops"); h && h->is_int64()) return h->get_int64();
+  return 0;
+}
+
+json::object engine_metadata() { return {{"sourceSystem", "pliers-events"}, {"sourceVersion", "0.1.0"}}; }
+
+new_event lifecycle_event(std::string type, json::object payload) {
+  new_event ne;
+  ne.type = std::move(type);
+  ne.aggregate_type = lifecycle_aggregate_type;
+  ne.metadata = engine_metadata();
+  ne.payload = std::move(payload);
+  return ne;
+}
+
+std::int64_t ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+plugin_result failed_result(std::string plugin_id, std::string type, std::string message) {
+  plugin_result r;
+  r.plugin_id = std::move(plugin_id);
+  r.success = false;
+  r.error_type = std::move(type);
+  r.error = std::move(message);
+  return r;
+}
+
+json::object to_json(const plugin_view& v) {
+  json::array types;
+  for (const auto& t : v.event_types) types.emplace_back(t);
+  json::object o{{"id", v.info.id},
+                 {"name", v.info.name},
+                 {"version", v.info.version},
+                 {"kind", v.kind},
+                 {"priority", v.priority},
+                 {"eventTypes", std::move(types)},
+                 {"options", to_json(v.options)},
+                 {"enabled", v.enabled},
+                 {"config", v.info.config},
+                 {"executions", v.executions},
+                 {"failures", v.failures}};
+  if (!v.definition.empty()) o["definition"] = v.definition;
+  return o;
+}
+
+plugin_chain::plugin_chain(event_store& store, const clock& clk, retry_engine& retries, factory make, options opts)
+    : store_(store), clock_(clk), retries_(retries), make_(std::move(make)), opts_(opts),
+      native_(std::make_unique<native_runner>(opts.native_workers, opts.max_abandoned)) {
+  retries_.register_consumer("plugin", [this](const dead_letter& d, std::int64_t attempt) { return retry(d, attempt); });
+}
+
+plugin_chain::~plugin_chain() = default;
+
+std::shared_ptr<plugin_chain::entry> plugin_chain::find(std::string_view id) const {
+  std::shared_lock lock(mutex_);
+  auto it = plugins_.find(id);
+  return it == plugins_.end() ? nullptr : it->second;
+}
+
+const retry_policy& plugin_chain::policy_of(const entry& en) const {
+  return en.options.retry ? *en.options.retry : retries_.default_policy();
+}
+
+plugin_view plugin_chain::view_of(const entry& en) const {
+  plugin_view v;
+  v.info = en.plugin->info();
+  v.kind = en.kind;
+  v.event_types = en.pattern_text;
+  v.options = en.options;
+  v.enabled = en.enabled.load();
+  v.priority = en.priority;
+  v.executions = en.executions.load();
+  v.failures = en.failures.load();
+  v.definition = en.plugin->definition();
+  return v;
+}
+
+result<void> plugin_chain::append_lifecycle(const std::string& plugin_id, std::string type, json::object payload) {
+  append_request req;
+  req.aggregate_id = lifecycle_aggregate(plugin_id);
+  req.events.push_back(lifecycle_event(std::move(type), std::move(payload)));
+  auto r = store_.append(std::move(req));
+  if (!r) return std::move(r).error();
+  auto& last = applied_[plugin_id];
+  last = std::max(last, r->events.back().position.value);
+  return {};
+}
+
+result<plugin_view> plugin_chain::register_plugin(std::shared_ptr<event_plugin> plugin, std::vector<std::string> event_types,
+                                                  plugin_options opts) {
+  std::lock_guard serial(lifecycle_mutex_);
+  if (!plugin) return error::invalid("plugin", "required");
+  const auto& info = plugin->info();
+  if (auto ok = check_plugin_id(info.id); !ok) return std::move(ok).error();
+  if (info.name.empty() || info.name.size() > 200) return error::invalid("name", "must be 1 to 200 characters");
+  if (event_types.empty()) return error::invalid("eventTypes", "must name at least one event type or pattern");
+  if (event_types.size() > 100) return error::invalid("eventTypes", "at most 100 event types");
+  auto en = std::make_shared<entry>();
+  for (std::size_t i = 0; i < event_types.size(); ++i) {
+    auto p = type_pattern::parse(event_types[i], "eventTypes[" + std::to_string(i) + "]");
+    if (!p) return std::move(p).error();
+    en->patterns.push_back(std::move(*p));
+  }
+  if (opts.timeout && opts.timeout->count() <= 0) return error::invalid("options.timeout", "must be a positive number of milliseconds");
+  en->plugin = std::move(plugin);
+  en->kind = en->plugin->kind();
+  en->pattern_text = std::move(event_types);
+  en->options = std::move(opts);
+  en->priority = en->options.priority.value_or(info.priority);
+  en->timeout = en->options.timeout.value_or(opts_.default_timeout);
+  // In the registry first (so that the echo of our own plugin.registered from the log finds
+  // it), out again if the event cannot be stored.
+  {
+    std::unique_lock lock(mutex_);
+    if (plugins_.count(info.id)) return error::make(errc::conflict, "plugin '" + info.id + "' is already registered");
+    en->order = next_order_++;
+    plugins_[info.id] = en;
+  }
+  auto view = view_of(*en);
+  json::object payload = to_json(view);
+  payload.erase("executions");
+  payload.erase("failures");
+  payload.erase("id");
+  payload["pluginId"] = info.id;
+  if (auto ok = append_lifecycle(info.id, "plugin.registered", std::move(payload)); !ok) {
+    std::unique_lock lock(mutex_);
+    plugins_.erase(info.id);
+    return std::move(ok).error();
+  }
+  try {
+    en->plugin->on_enable();
+  } catch (...) {
+  }
+  return view;
+}
+
+result<void> plugin_chain::unregister_plugin(std::string_view id) {
+  std::lock_guard serial(lifecycle_mutex_);
+  auto en = find(id);
+  if (!en) return error::make(errc::not_found, "no plugin '" + std::string(id) + "'");
+  if (auto ok = append_lifecycle(std::string(id), "plugin.unregistered", {{"pluginId", id}}); !ok) return ok;
+  {
+    std::unique_lock lock(mutex_);
+    plugins_.erase(std::string(id));
+  }
+  if (en->enabled.exchange(false)) {
+    try {
+      en->plugin->on_disable();
+    } catch (...) {
+    }
+  }
+  return {};
+}
+
+result<plugin_view> plugin_chain::enable(std::string_view id) {
+  std::lock_guard serial(lifecycle_mutex_);
+  auto en = find(id);
+  if (!en) return error::make(errc::not_found, "no plugin '" + std::string(id) + "'");
+  if (!en->enabled.load()) {
+    if (auto ok = append_lifecycle(std::string(id), "plugin.enabled", {{"pluginId", id}}); !ok) return std::move(ok).error();
+    if (!en->enabled.exchange(true)) {
+      try {
+        en->plugin->on_enable();
+      } catch (...) {
+      }
+    }
+  }
+  return view_of(*en);
+}
+
+result<plugin_view> plugin_chain::disable(std::string_view id) {
+  std::lock_guard serial(lifecycle_mutex_);
+  auto en = find(id);
+  if (!en) return error::make(errc::not_found, "no plugin '" + std::string(id) + "'");
+  if (en->enabled.load()) {
+    if (auto ok = append_lifecycle(std::string(id), "plugin.disabled", {{"pluginId", id}}); !ok) return std::move(ok).error();
+    if (en->enabled.exchange(false)) {
+      try {
+        en->plugin->on_disable();
+      } catch (...) {
+      }
+    }
+  }
+  return view_of(*en);
+}
+
+std::vector<plugin_view> plugin_chain::list() const {
+  std::vector<std::shared_ptr<entry>> all;
+  {
+    std::shared_lock lock(mutex_);
+    for (const auto& [id, en] : plugins_) all.push_back(en);
+  }
+  std::vector<plugin_view> out;
+  for (const auto& en : all) out.push_back(view_of(*en));
+  return out;
+}
+
+result<plugin_view> plugin_chain::get(std::string_view id) const {
+  auto en = find(id);
+  if (!en) return error::make(errc::not_found, "no plugin '" + std::string(id) + "'");
+  return view_of(*en);
+}
+
+std::vector<std::shared_ptr<plugin_chain::entry>> plugin_chain::chain_for(std::string_view type) const {
+  std::vector<std::shared_ptr<entry>> out;
+  {
+    std::shared_lock lock(mutex_);
+    for (const auto& [id, en] : plugins_) {
+      if (!en->enabled.load(std::memory_order_relaxed)) continue;
+      for (const auto& p : en->patterns)
+        if (p.matches(type)) {
+          out.push_back(en);
+          break;
+        }
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a->priority != b->priority ? a->priority > b->priority : a->order < b->order;
+  });
+  return out;
+}
+
+std::vector<std::shared_ptr<event_plugin>> plugin_chain::plugins_for_event(std::string_view type) const {
+  std::vector<std::shared_ptr<event_plugin>> out;
+  for (const auto& en : chain_for(type)) out.push_back(en->plugin);
+  return out;
+}
+
+struct plugin_chain::call {
+  std::shared_ptr<entry> en;
+  std::chrono::steady_clock::time_point t0, deadline;
+  std::shared_ptr<native_runner::task> task;  // when it runs off this thread
+  std::optional<plugin_result> result;         // when it already finished (or failed to start)
+};
+
+plugin_chain::call plugin_chain::start(const std::shared_ptr<entry>& en, const event& e,
+                                       std::span<const plugin_result> previous, std::int64_t attempt) {
+  call c;
+  c.en = en;
+  c.t0 = std::chrono::steady_clock::now();
+  c.deadline = c.t0 + en->timeout;
+  const auto& id = en->plugin->info().id;
+  if (en->kind == "native" || en->options.async) {
+    // The call may outlive this frame (abandoned at its deadline): it owns its inputs.
+    auto trigger = std::make_shared<const event>(e);
+    auto prev = std::make_shared<const std::vector<plugin_result>>(previous.begin(), previous.end());
+    auto plugin = en->plugin;
+    const auto deadline = c.deadline;
+    auto task = native_->submit([plugin, trigger, prev, attempt, deadline] {
+      const std::string correlation = trigger->correlation_id.value_or(trigger->id);
+      plugin_context ctx{*trigger, *prev, correlation, trigger->id, attempt, deadline, plugin->info().config};
+      return plugin->process(*trigger, ctx);
+    });
+    if (task) c.task = std::move(*task);
+    else c.result = failed_result(id, "overloaded", task.error().message);
+    return c;
+  }
+  const std::string correlation = e.correlation_id.value_or(e.id);
+  plugin_context ctx{e, previous, correlation, e.id, attempt, c.deadline, en->plugin->info().config};
+  try {
+    c.result = en->plugin->process(e, ctx);
+  } catch (const std::exception& ex) {
+    c.result = failed_result(id, "exception", ex.what());
+  } catch (...) {
+    c.result = failed_result(id, "exception", "unknown exception");
+  }
+  return c;
+}
+
+plugin_result plugin_chain::finish(call& c) {
+  const auto& en = c.en;
+  const auto& id = en->plugin->info().id;
+  plugin_result r;
+  if (c.result) {
+    r = std::move(*c.result);
+  } else if (auto done = native_->wait(c.task, c.deadline)) {
+    r = std::move(*done);
+  } else {
+    r = failed_result(id, "timeout", "timed out after " + std::to_string(en->timeout.count()) + " ms");
+  }
+  r.execution_time_ms = ms_since(c.t0);
+  if (r.success && std::chrono::steady_clock::now() > c.deadline + std::chrono::milliseconds(1))
+    r = failed_result(id, "timeout", "took " + std::to_string(ms_since(c.t0)) + " ms, over its timeout of " +
+                                         std::to_string(en->timeout.count()) + " ms");
+  if (!r.success && r.error_type.empty()) r.error_type = "plugin_error";
+  if (!r.success && !r.error) r.error = "the plugin reported failure";
+  if (!r.success) r.generated_events.clear();  // effects are kept only on success
+  r.plugin_id = id;
+  r.async = en->options.async;
+  if (r.execution_time_ms == 0) r.execution_time_ms = ms_since(c.t0);
+  ++en->executions;
+  if (!r.success) ++en->failures;
+  return r;
+}
+
+plugin_result plugin_chain::run_one(const std::shared_ptr<entry>& en, const event& e, std::span<const plugin_result> previous,
+                                    std::int64_t attempt) {
+  auto c = start(en, e, previous, attempt);
+  return finish(c);
+}
+
+plugin_chain::run plugin_chain::execute(const event& e, std::int64_t attempt) {
+  run out;
+  out.trigger = &e;
+  if (is_lifecycle(e)) return out;
+  auto chain = chain_for(e.type);
+  if (chain.empty()) return out;
+  // Async plugins start first and run beside the chain (seeing no previous results: they
+  // do not wait for it); their results come last.
+  std::vector<call> async_calls;
+  for (const auto& en : chain)
+    if (en->options.async) async_calls.push_back(start(en, e, {}, attempt));
+  for (const auto& en : chain)
+    if (!en->options.async) out.results.push_back(run_one(en, e, out.results, attempt));
+  for (auto& c : async_calls) out.results.push_back(finish(c));
+  return out;
+}
+
+void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& en, plugin_result& r, std::int64_t attempt,
+                           effects& out) {
+  const auto& id = en->plugin->info().id;
+  const auto& info = en->plugin->info();
+  std::vector<append_request> generated;
+  if (r.success && !r.generated_events.empty()) {
+    const std::int64_t hops = hops_of(trigger);
+    if (hops >= opts_.max_hops) {
+      r = failed_result(id, "hop_limit",
+                        "refused " + std::to_string(r.generated_events.size()) + " generated event(s): the trigger is " +
+                            std::to_string(hops) + " plugin hops from its origin (limit " + std::to_string(opts_.max_hops) +
+                            "); is there a loop?");
+    } else {
+      for (std::size_t i = 0; i < r.generated_events.size(); ++i) {
+        auto& g = r.generated_events[i];
+        const std::string field = "generatedEvents[" + std::to_string(i) + "]";
+        append_request req;
+        req.aggregate_id = std::move(g.aggregate_id);
+        auto& ne = g.event;
+        ne.id = uuid_v5("pliers/plugin/" + id + "/" + trigger.id + "/" + std::to_string(i));
+        ne.causation_id = trigger.id;
+        ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
+        if (!ne.metadata.contains("sourceSystem")) ne.metadata["sourceSystem"] = "pliers-plugin:" + id;
+        if (!ne.metadata.contains("sourceVersion")) ne.metadata["sourceVersion"] = info.version;
+        ne.metadata["pluginHops"] = hops + 1;
+        req.events.push_back(std::move(ne));
+        if (req.events.front().aggregate_type == lifecycle_aggregate_type) {
+          r = failed_result(id, "invalid_result", field + ".aggregateType: 'plugin' is reserved for plugin lifecycle events");
+          break;
+        }
+        if (auto ok = validate_append(req); !ok) {
+          const auto& err = ok.error();
+          std::string where = err.field.rfind("events[0]", 0) == 0 ? field + err.field.substr(9) : field + "." + err.field;
+          r = failed_result(id, "invalid_result", where + ": " + err.message);
+          break;
+        }
+        generated.push_back(std::move(req));
+      }
+    }
+    if (!r.success) {
+      r.generated_events.clear();
+      generated.clear();
+    }
+  }
+  const effects::owner me{&trigger, en, attempt, r.execution_time_ms};
+  if (r.success) {
+    for (auto& g : generated) {
+      out.appends.push_back(std::move(g));
+      out.owners.push_back(me);
+    }
+    if (opts_.record_executions) {
+      append_request req;
+      req.aggregate_id = lifecycle_aggregate(id);
+      auto ne = lifecycle_event("plugin.executed", {{"pluginId", id},
+                                                     {"triggerEventId", trigger.id},
+                                                     {"triggerEventType", trigger.type},
+                                                     {"executionTime", r.execution_time_ms},
+                                                     {"success", true},
+                                                     {"async", r.async},
+                                                     {"attempt", attempt},
+                                                     {"result", r.metadata}});
+      ne.id = uuid_v5("pliers/plugin.executed/" + id + "/" + trigger.id);
+      ne.causation_id = trigger.id;
+      ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
+      req.events.push_back(std::move(ne));
+      out.appends.push_back(std::move(req));
+      out.owners.push_back(me);
+    }
+    return;
+  }
+  append_request req;
+  req.aggregate_id = lifecycle_aggregate(id);
+  auto ne = lifecycle_event("plugin.failed", {{"pluginId", id},
+                                              {"triggerEventId", trigger.id},
+                                              {"triggerEventType", trigger.type},
+                                              {"executionTime", r.execution_time_ms},
+                                              {"success", false},
+                                              {"async", r.async},
+                                              {"attempt", attempt},
+                                              {"errorType", r.error_type},
+                                              {"error", r.error.value_or("")}});
+  ne.id = uuid_v5("pliers/plugin.failed/" + id + "/" + trigger.id + "/" + std::to_string(attempt));
+  ne.causation_id = trigger.id;
+  ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
+  req.events.push_back(std::move(ne));
+  out.appends.push_back(std::move(req));
+  out.owners.push_back(me);
+  out.failures.push_back({&trigger, "plugin:" + id, {r.error_type, r.error.value_or(""), std::nullopt, {}}, policy_of(*en),
+                          r.execution_time_ms});
+}
+
+result<void> plugin_chain::store_effects(effects& fx) {
+  // The store may refuse an append a plugin asked for (its aggregate exists with another
+  // aggregateType, an id taken elsewhere): that plugin's run becomes a failure and the
+  // rest of the batch is stored. Each round removes at least one append.
+  while (!fx.appends.empty()) {
+    auto stored = store_.append_group(fx.appends);  // a copy: a refused group is planned again
+    if (stored) break;
+    const auto& err = stored.error();
+    if (err.code != errc::invalid_argument && err.code != errc::conflict) return err;
+    std::size_t culprit = 0;
+    if (fx.appends.size() > 1) {
+      if (err.field.rfind("appends[", 0) != 0) return err;
+      culprit = std::strtoul(err.field.c_str() + 8, nullptr, 10);
+      if (culprit >= fx.appends.size()) return err;
+    }
+    const auto owner = fx.owners[culprit];
+    const auto& id = owner.en->plugin->info().id;
+    effects kept;
+    for (std::size_t i = 0; i < fx.appends.size(); ++i) {
+      if (fx.owners[i].trigger == owner.trigger && fx.owners[i].en == owner.en) continue;
+      kept.appends.push_back(std::move(fx.appends[i]));
+      kept.owners.push_back(fx.owners[i]);
+    }
+    kept.failures = std::move(fx.failures);
+    auto r = failed_result(id, "append_refused", "the store refused what the plugin generated: " +
+                                                     (err.field.empty() ? "" : err.field + ": ") + err.message);
+    r.execution_time_ms = owner.duration_ms;
+    ++owner.en->failures;
+    collect(*owner.trigger, owner.en, r, owner.attempt, kept);
+    fx = std::move(kept);
+  }
+  for (const auto& f : fx.failures) {
+    auto filed = retries_.record_failure(*f.trigger, f.consumer, f.error, f.policy, f.duration_ms);
+    if (!filed) return std::move(filed).error();
+  }
+  return {};
+}
+
+result<std::vector<plugin_result>> plugin_chain::process_event(const event& e) {
+  auto r = execute(e);
+  effects fx;
+  for (auto& res : r.results) {
+    auto en = find(res.plugin_id);
+    if (en) collect(e, en, res, 1, fx);
+  }
+  if (auto ok = store_effects(fx); !ok) return std::move(ok).error();
+  return std::move(r.results);
+}
+
+result<void> plugin_chain::process_batch(std::span<const event* const> events) {
+  effects fx;
+  for (const event* e : events) {
+    if (is_lifecycle(*e)) continue;
+    auto r = execute(*e);
+    for (auto& res : r.results) {
+      auto en = find(res.plugin_id);
+      if (en) collect(*e, en, res, 1, fx);
+    }
+  }
+  return store_effects(fx);
+}
+
+retry_engine::attempt_outcome plugin_chain::retry(const dead_letter& d, std::int64_t attempt) {
+  const auto id = d.consumer.substr(d.consumer.find(':') + 1);
+  auto en = find(id);
+  if (!en) return {false, {"plugin_not_found", "plugin '" + id + "' is not registered", std::nullopt, {}}};
+  if (!en->enabled.load()) return {false, {"plugin_disabled", "plugin '" + id + "' is disabled", std::nullopt, {}}};
+  auto r = run_one(en, d.original_event, {}, attempt);
+  effects fx;
+  collect(d.original_event, en, r, attempt, fx);
+  if (!fx.appends.empty()) {
+    auto stored = store_.append_group(fx.appends);
+    if (!stored) {
+      const auto& err = stored.error();
+      if (err.code != errc::invalid_argument && err.code != errc::conflict)
+        return {false, {"store_unavailable", err.message, std::nullopt, {}}};
+      return {false, {"append_refused", "the store refused what the plugin generated: " +
+                                            (err.field.empty() ? "" : err.field + ": ") + err.message,
+                      std::nullopt, {}}};
+    }
+  }
+  if (r.success) return {true, {}};
+  return {false, {r.error_type, r.error.value_or(""), std::nullopt, {}}};
+}
+
+result<void> plugin_chain::load() {
+  event_query q;
+  for (const char* t : {"plugin.registered", "plugin.enabled", "plugin.disabled", "plugin.unregistered"})
+    q.event_types.push_back(*type_pattern::parse(t));
+  q.aggregate_types.push_back(lifecycle_aggregate_type);
+  pagination page;
+  page.limit = max_page_limit;
+  while (true) {
+    auto r = store_.query(q, page);
+    if (!r) return std::move(r).error();
+    for (const auto& e : r->events) apply_lifecycle(e);
+    if (!r->has_more || r->events.empty()) break;
+    page.after = r->events.back().position;
+  }
+  return {};
+}
+
+void plugin_chain::apply_lifecycle(const event& e) {
+  if (!is_lifecycle(e)) return;
+  const auto* pid = e.payload.if_contains("pluginId");
+  if (!pid || !pid->is_string()) return;
+  const std::string id(pid->get_string());
+  std::lock_guard serial(lifecycle_mutex_);
+  auto& last = applied_[id];
+  if (e.position.value <= last) return;  // made here, or older than what was
+  last = e.position.value;
+  if (e.type == "plugin.registered") {
+    if (find(id)) return;  // already known (registered here, or seen before)
+    const auto* kind = e.payload.if_contains("kind");
+    if (!kind || !kind->is_string() || kind->get_string() == "native" || !make_) return;
+    plugin_info info;
+    info.id = id;
+    if (const auto* n = e.payload.if_contains("name"); n && n->is_string()) info.name = n->get_string();
+    if (const auto* v = e.payload.if_contains("version"); v && v->is_string()) info.version = v->get_string();
+    if (const auto* p = e.payload.if_contains("priority"); p && p->is_int64()) info.priority = p->get_int64();
+    if (const auto* c = e.payload.if_contains("config"); c && c->is_object()) info.config = c->get_object();
+    plugin_options opts;
+    if (const auto* o = e.payload.if_contains("options")) {
+      auto parsed = plugin_options_from_json(*o, "options");
+      if (parsed) opts = std::move(*parsed);
+    }
+    std::vector<std::string> types;
+    if (const auto* t = e.payload.if_contains("eventTypes")) {
+      auto list = string_list(*t, "eventTypes");
+      if (list) types = std::move(*list);
+    }
+    json::object definition;
+    if (const auto* d = e.payload.if_contains("definition"); d && d->is_object()) definition = d->get_object();
+    auto plugin = make_(std::string(kind->get_string()), std::move(info), definition,
+                        opts.timeout.value_or(opts_.default_timeout));
+    if (!plugin) return;
+    auto en = std::make_shared<entry>();
+    for (const auto& t : types) {
+      auto p = type_pattern::parse(t);
+      if (p) en->patterns.push_back(std::move(*p));
+    }
+    en->plugin = std::move(*plugin);
+    en->kind = en->plugin->kind();
+    en->pattern_text = std::move(types);
+    en->options = std::move(opts);
+    en->priority = en->options.priority.value_or(en->plugin->info().priority);
+    en->timeout = en->options.timeout.value_or(opts_.default_timeout);
+    if (const auto* on = e.payload.if_contains("enabled"); on && on->is_bool()) en->enabled = on->get_bool();
+    std::unique_lock lock(mutex_);
+    en->order = next_order_++;
+    plugins_.emplace(id, std::move(en));
+  } else if (e.type == "plugin.unregistered") {
+    std::unique_lock lock(mutex_);
+    plugins_.erase(id);
+  } else if (e.type == "plugin.enabled" || e.type == "plugin.disabled") {
+    if (auto en = find(id)) en->enabled = e.type == "plugin.enabled";
+  }
+}
+
+result<plugin_options> plugin_options_from_json(const json::value& v, const std::string& field) {
+  plugin_options o;
+  if (v.is_null()) return o;
+  if (!v.is_object()) return error::invalid(field, "must be an object (PluginOptions)");
+  for (const auto& kv : v.get_object()) {
+    const std::string key(kv.key());
+    const auto& m = kv.value();
+    if (key == "priority") {
+      if (!m.is_int64()) return error::invalid(field + ".priority", "must be an integer");
+      o.priority = m.get_int64();
+    } else if (key == "async") {
+      if (!m.is_bool()) return error::invalid(field + ".async", "must be true or false");
+      o.async = m.get_bool();
+    } else if (key == "timeout") {
+      if (!m.is_int64() || m.get_int64() <= 0 || m.get_int64() > 3'600'000)
+        return error::invalid(field + ".timeout", "must be a positive number of milliseconds, at most 3600000");
+      o.timeout = std::chrono::milliseconds(m.get_int64());
+    } else if (key == "retry") {
+      auto p = retry_policy::from_json(m, field + ".retry");
+      if (!p) return std::move(p).error();
+      o.retry = std::move(*p);
+    } else {
+      return error::invalid(field + "." + key, "unknown member of PluginOptions");
+    }
+  }
+  return o;
+}
+
+json::object to_json(const plugin_options& o) {
+  json::object j{{"async", o.async}};
+  if (o.priority) j["priority"] = *o.priority;
+  if (o.timeout) j["timeout"] = o.timeout->count();
+  if (o.retry) j["retry"] = o.retry->to_json();
+  return j;
+}
+
+json::object to_json(const plugin_result& r) {
+  json::object o{{"pluginId", r.plugin_id}, {"success", r.success}, {"executionTime", r.execution_time_ms}};
+  if (r.error) o["error"] = *r.error;
+  if (!r.success && !r.error_type.empty()) o["errorType"] = r.error_type;
+  if (!r.metadata.empty()) o["metadata"] = r.metadata;
+  if (r.async) o["async"] = true;
+  if (!r.generated_events.empty()) {
+    json::array gen;
+    for (const auto& g : r.generated_events) {
+      auto ev = to_json(g.event);
+      ev["aggregateId"] = g.aggregate_id;
+      gen.push_back(std::move(ev));
+    }
+    o["generatedEvents"] = std::move(gen);
+  }
+  return o;
+}
+
+result<plugin_result> plugin_result_from_json(const json::value& v, const std::string& plugin_id, const std::string& field) {
+  plugin_result r;
+  r.plugin_id = plugin_id;
+  if (v.is_null() || (v.is_bool() && v.get_bool())) {
+    r.success = true;
+    return r;
+  }
+  if (v.is_bool()) return failed_result(plugin_id, "rejected", "the plugin returned false");
+  if (!v.is_object()) return error::invalid(field, "must be a PluginResult object, true, false or null");
+  const auto& o = v.get_object();
+  r.success = true;
+  if (const auto* s = o.if_contains("success")) {
+    if (!s->is_bool()) return error::invalid(field + ".success", "must be true or false");
+    r.success = s->get_bool();
+  }
+  if (const auto* e = o.if_contains("error"); e && !e->is_null()) {
+    if (!e->is_string()) return error::invalid(field + ".error", "must be a string");
+    r.error = std::string(e->get_string());
+  }
+  if (const auto* t = o.if_contains("errorType"); t && !t->is_null()) {
+    if (!t->is_string() || t->get_string().empty() || t->get_string().size() > 100)
+      return error::invalid(field + ".errorType", "must be a non-empty string of at most 100 characters");
+    r.error_type = std::string(t->get_string());
+  }
+  if (const auto* m = o.if_contains("metadata"); m && !m->is_null()) {
+    if (!m->is_object()) return error::invalid(field + ".metadata", "must be an object");
+    r.metadata = m->get_object();
+  }
+  if (const auto* g = o.if_contains("generatedEvents"); g && !g->is_null()) {
+    if (!g->is_array()) return error::invalid(field + ".generatedEvents", "must be an array");
+    if (g->get_array().size() > 1000) return error::invalid(field + ".generatedEvents", "at most 1000 events");
+    for (std::size_t i = 0; i < g->get_array().size(); ++i) {
+      const std::string f = field + ".generatedEvents[" + std::to_string(i) + "]";
+      json::value item = g->get_array()[i];
+      if (!item.is_object()) return error::invalid(f, "must be an object");
+      const auto* agg = item.get_object().if_contains("aggregateId");
+      if (!agg || !agg->is_string()) return error::invalid(f + ".aggregateId", "required, a string");
+      generated_event ge;
+      ge.aggregate_id = std::string(agg->get_string());
+      item.get_object().erase("aggregateId");
+      if (!item.get_object().contains("metadata")) item.get_object()["metadata"] = json::object();
+      if (!item.get_object().contains("payload")) item.get_object()["payload"] = json::object();
+      auto ne = new_event_from_json(item, f);
+      if (!ne) return std::move(ne).error();
+      ge.event = std::move(*ne);
+      r.generated_events.push_back(std::move(ge));
+    }
+  }
+  if (!r.success) {
+    if (r.error_type.empty()) r.error_type = "plugin_error";
+    if (!r.error) r.error = "the plugin reported failure";
+  }
+  return r;
+}
+
+}  // namespace pliers

@@ -1,0 +1,165 @@
+// The spec's PluginHookSystem: plugins registered for event types (type patterns) run on
+// every matching event in priority order (higher first, then registration order), each
+// seeing the results before it. A plugin that fails, throws or overruns its timeout gets a
+// failed result, its generated events are discarded, the failure goes to the retry engine
+// (consumer "plugin:<id>"), and the chain goes on. `async` plugins run beside the chain
+// (not in previousResults) and their results are recorded when they finish.
+//
+// Effects: a successful plugin's generated events are appended with causationId = the
+// trigger, the trigger's correlationId (or its id), metadata.pluginHops = the trigger's + 1,
+// and ids derived from (plugin, trigger, index), so that running the same work again
+// (at-least-once delivery, retries) stores them once. Past `max_hops` a plugin's generated
+// events are refused (a loop): a permanent failure. Lifecycle events (plugin.registered,
+// .enabled, .disabled, .unregistered, .executed, .failed) are appended to the aggregate
+// "plugin-<id>" of type "plugin"; the chain never runs on events of aggregate type
+// "plugin".
+//
+// The registry is event-sourced: registering, enabling, disabling and unregistering are
+// events, and load() rebuilds the Lua and remote plugins from them after a restart (native
+// plugins are registered again by the embedding process).
+//
+// Native plugins run on worker threads with a deadline: one that overruns is abandoned
+// (its result discarded, its worker replaced) and the chain goes on. Lua plugins stop
+// themselves at the deadline (instruction hook); remote plugins by the HTTP timeout.
+// Thread-safety: all members may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <memory>
+#include <shared_mutex>
+
+#include "core/clock.hpp"
+#include "core/type_pattern.hpp"
+#include "process/plugin.hpp"
+#include "process/retry_engine.hpp"
+
+namespace pliers {
+
+class native_runner;
+
+// A registered plugin as operators see it.
+struct plugin_view {
+  plugin_info info;
+  std::string kind;
+  std::vector<std::string> event_types;
+  plugin_options options;
+  bool enabled = true;
+  std::int64_t priority = 0;  // effective
+  std::uint64_t executions = 0, failures = 0;
+  boost::json::object definition;
+};
+boost::json::object to_json(const plugin_view& v);
+
+class plugin_chain {
+ public:
+  struct options {
+    std::chrono::milliseconds default_timeout{5000};
+    int max_hops = 8;
+    bool record_executions = true;       // plugin.executed per successful run
+    std::size_t native_workers = 4;      // threads running native plugins (more when some hang)
+    std::size_t max_abandoned = 64;      // native calls left running past their deadline
+  };
+  // Builds a Lua or remote plugin from its stored definition (process/plugin_kinds.hpp).
+  using factory = std::function<result<std::shared_ptr<event_plugin>>(const std::string& kind, plugin_info info,
+                                                                      const boost::json::object& definition,
+                                                                      std::chrono::milliseconds timeout)>;
+
+  plugin_chain(event_store& store, const clock& clk, retry_engine& retries, factory make, options opts);
+  ~plugin_chain();
+  plugin_chain(const plugin_chain&) = delete;
+  plugin_chain& operator=(const plugin_chain&) = delete;
+
+  // registerPlugin. Refuses (invalid_argument naming the field) a bad id, an empty or bad
+  // pattern list, bad options; conflict when the id is taken (unregister first). Appends
+  // plugin.registered, then calls on_enable.
+  result<plugin_view> register_plugin(std::shared_ptr<event_plugin> plugin, std::vector<std::string> event_types,
+                                      plugin_options opts);
+  result<void> unregister_plugin(std::string_view id);
+  result<plugin_view> enable(std::string_view id);
+  result<plugin_view> disable(std::string_view id);
+  std::vector<plugin_view> list() const;
+  result<plugin_view> get(std::string_view id) const;
+  // getPluginsForEvent: enabled plugins matching the type, in chain order.
+  std::vector<std::shared_ptr<event_plugin>> plugins_for_event(std::string_view type) const;
+
+  // Rebuilds the registry from the log's plugin lifecycle events (start-up), and applies
+  // one that another node appended (live).
+  result<void> load();
+  void apply_lifecycle(const event& e);
+
+  // The results of running the chain on one event, before any effect is stored.
+  struct run {
+    const event* trigger = nullptr;
+    std::vector<plugin_result> results;  // chain order; async ones last
+  };
+  // Runs the chain without storing anything (dry run / tests).
+  run execute(const event& e, std::int64_t attempt = 1);
+  // processEvent: runs the chain and stores its effects (generated and lifecycle events,
+  // dead-letter entries). Unavailable when the store is; the work may then be repeated.
+  result<std::vector<plugin_result>> process_event(const event& e);
+  // The same for many events (a durable consumer's batch): every effect in one atomic
+  // append. Events of aggregate type "plugin" are skipped.
+  result<void> process_batch(std::span<const event* const> events);
+
+  // The retry engine's handler for "plugin:<id>" entries.
+  retry_engine::attempt_outcome retry(const dead_letter& entry, std::int64_t attempt);
+
+  static bool is_lifecycle(const event& e) { return e.aggregate_type == "plugin"; }
+
+ private:
+  struct entry;
+  struct call;
+  struct effects {
+    std::vector<append_request> appends;
+    // Who each append belongs to: when the store refuses one (say, an aggregateType that
+    // differs from the stored aggregate's), that plugin's run fails, not the whole batch.
+    struct owner {
+      const event* trigger;
+      std::shared_ptr<entry> en;
+      std::int64_t attempt;
+      std::int64_t duration_ms;
+    };
+    std::vector<owner> owners;
+    struct failure {
+      const event* trigger;
+      std::string consumer;
+      processing_error error;
+      retry_policy policy;
+      std::int64_t duration_ms;
+    };
+    std::vector<failure> failures;
+  };
+  call start(const std::shared_ptr<entry>& en, const event& e, std::span<const plugin_result> previous,
+             std::int64_t attempt);
+  plugin_result finish(call& c);
+  plugin_result run_one(const std::shared_ptr<entry>& en, const event& e, std::span<const plugin_result> previous,
+                        std::int64_t attempt);
+  void collect(const event& trigger, const std::shared_ptr<entry>& en, plugin_result& r, std::int64_t attempt,
+               effects& out);
+  result<void> store_effects(effects& fx);
+  // Appends a lifecycle event and remembers its position, so that its echo from the log
+  // (and any older event) is not applied again. Called with lifecycle_mutex_ held.
+  result<void> append_lifecycle(const std::string& plugin_id, std::string type, boost::json::object payload);
+  std::shared_ptr<entry> find(std::string_view id) const;
+  std::vector<std::shared_ptr<entry>> chain_for(std::string_view type) const;
+  plugin_view view_of(const entry& en) const;
+  const retry_policy& policy_of(const entry& en) const;
+
+  event_store& store_;
+  const clock& clock_;
+  retry_engine& retries_;
+  const factory make_;
+  const options opts_;
+  std::unique_ptr<native_runner> native_;
+  mutable std::shared_mutex mutex_;
+  std::map<std::string, std::shared_ptr<entry>, std::less<>> plugins_;  // GUARDED_BY(mutex_)
+  std::uint64_t next_order_ = 0;                                       // GUARDED_BY(mutex_)
+  // Serializes registry changes made here with those read from the log.
+  std::mutex lifecycle_mutex_;
+  std::map<std::string, std::int64_t, std::less<>> applied_;  // GUARDED_BY(lifecycle_mutex_): last lifecycle position per plugin
+};
+
+}  // namespace pliers

@@ -1,0 +1,103 @@
+// The retry engine and the dead-letter queue (spec DeadLetterQueue; DESIGN "Processing").
+// Every delivery path (plugins, routing targets) reports a failed attempt here; the engine
+// files it as a dead-letter entry (one per consumer and event), either pending_retry with
+// the policy's next time, or permanent_failure when the policy gives up. Its thread claims
+// due entries from the store (several nodes never run one entry at once: the claim is a
+// lease, SKIP LOCKED on PostgreSQL) and runs them again through the consumer's handler,
+// found by the consumer name's prefix ("plugin:<id>" -> handler "plugin"). Operators list,
+// inspect, retry (one or many, at once, whatever the schedule) and give up entries; an
+// entry that is permanent is only ever retried by an operator.
+// Thread-safety: all members may be called from any thread. The thread starts in start()
+// and stops in stop() or the destructor.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "core/clock.hpp"
+#include "process/retry_policy.hpp"
+#include "store/event_store.hpp"
+
+namespace pliers {
+
+// The spec's RetryResult for an operator's retry.
+struct retry_result {
+  std::string id;
+  bool success = false;
+  std::string status;              // the entry's status afterwards
+  std::int64_t attempts = 0;
+  std::optional<processing_error> error;
+};
+
+class retry_engine {
+ public:
+  struct attempt_outcome {
+    bool success = false;
+    processing_error error;        // when !success
+  };
+  // Runs the work of `entry` once more (attempt number `attempt`); must not throw.
+  using consumer_handler = std::function<attempt_outcome(const dead_letter& entry, std::int64_t attempt)>;
+
+  struct options {
+    std::chrono::milliseconds tick{250};
+    std::chrono::milliseconds lease{60000};   // longer than any one attempt may take
+    std::size_t batch = 64;
+    retry_policy default_policy;
+  };
+
+  retry_engine(event_store& store, const clock& clk, options opts);
+  ~retry_engine();
+  retry_engine(const retry_engine&) = delete;
+  retry_engine& operator=(const retry_engine&) = delete;
+
+  void register_consumer(std::string prefix, consumer_handler handler);
+  void start();
+  void stop();
+
+  // A failed attempt of `consumer` on `e`: files (or finds) its dead-letter entry. `attempts`
+  // counts the failed attempts so far (1 for a first delivery).
+  result<dead_letter> record_failure(const event& e, const std::string& consumer, processing_error err,
+                                     const retry_policy& policy, std::int64_t duration_ms);
+
+  // Operators (spec getDeadLetterEvents, retryDeadLetterEvent, retryBatch,
+  // markPermanentFailure).
+  result<dead_letter_page> list(const dead_letter_filter& filter, std::size_t limit, std::optional<std::int64_t> after);
+  result<dead_letter> get(std::string_view id);
+  result<retry_result> retry(std::string_view id);
+  std::vector<result<retry_result>> retry_batch(const std::vector<std::string>& ids);
+  result<dead_letter> mark_permanent(std::string_view id, std::string reason);
+
+  // One round of due retries now (tests; the thread runs it every tick). Returns how many
+  // entries it attempted.
+  std::size_t run_due();
+  const retry_policy& default_policy() const { return opts_.default_policy; }
+
+  std::uint64_t attempted() const { return attempted_.load(); }
+
+ private:
+  attempt_outcome run_handler(const dead_letter& entry, std::int64_t attempt);
+  // Records the outcome of an attempt on a claimed entry and writes it back.
+  result<dead_letter> finish(dead_letter entry, const attempt_outcome& outcome, timestamp started,
+                             std::int64_t duration_ms, bool manual);
+  void run();
+
+  event_store& store_;
+  const clock& clock_;
+  const options opts_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::map<std::string, consumer_handler, std::less<>> handlers_;  // GUARDED_BY(mutex_)
+  std::mt19937_64 rng_;                                             // GUARDED_BY(mutex_)
+  bool stopping_ = false, woken_ = false;                           // GUARDED_BY(mutex_)
+  std::thread thread_;
+  std::atomic<std::uint64_t> attempted_{0};
+};
+
+// "plugin:abc" -> "plugin".
+std::string_view consumer_kind(std::string_view consumer);
+
+}  // namespace pliers
