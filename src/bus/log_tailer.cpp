@@ -86,13 +86,17 @@ void log_tailer::run() {
     }
     while (true) {
       log_position from = head();
+      // Every position up to the store's head is committed and visible (the backends make
+      // positions visible in order), so a hole below it is permanent: compaction archived
+      // those events. A hole above it may still fill: never skip one.
+      const log_position visible = store_.head();
       auto batch = store_.read_all(from, opts_.read_batch);
       if (!batch || batch->empty()) break;  // a failed read is retried on the next wake or poll
       log_position new_head;
       {
         std::unique_lock lock(ring_mutex_);
         for (auto& e : *batch) {
-          if (e.position.value != head_.value + 1) break;  // never accept a gap
+          if (e.position.value != head_.value + 1 && e.position.value > visible.value) break;
           head_ = e.position;
           ring_.push_back(std::make_shared<const event>(std::move(e)));
           if (ring_.size() > opts_.ring_capacity) ring_.pop_front();

@@ -7,7 +7,8 @@
 // not read every commit back); read_after answers from the store whatever the ring lacks.
 // Readers never receive a pushed event: each reader keeps its own position and asks for
 // "events after p" (read_after). Recent positions come from the ring, older ones from the
-// store, so a reader sees every position once, in order, with no gap and no duplicate,
+// store, so a reader sees every stored position once, in order, with no gap and no
+// duplicate (holes left by compaction are skipped only below the store's head),
 // whatever its speed; a slow reader costs only store reads, never memory or other
 // readers' time. Listeners are told when the head advances.
 // Thread-safety: all members may be called from any thread.

@@ -379,4 +379,46 @@ void add_processing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, com
   }
 }
 
+void add_routing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out) {
+  auto c = std::make_shared<common>();
+  auto* routes = app.add_subcommand("routes", "Routing rules: list, get, add, update, remove, dry-run");
+  routes->require_subcommand(1);
+  {
+    auto* sub = routes->add_subcommand("list", "List the routing rules");
+    add_url(*sub, *c);
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "GET", "/v1/routes")); });
+  }
+  for (const char* verb : {"get", "remove"}) {
+    auto id = std::make_shared<std::string>();
+    const std::string v = verb;
+    auto* sub = routes->add_subcommand(v, v == "get" ? "Show one rule" : "Remove a rule");
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "rule id")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, v == "get" ? "GET" : "DELETE", "/v1/routes/" + url_encode(*id))); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    auto* sub = routes->add_subcommand("add", "Add a rule from a JSON RoutingRule (file or -)");
+    add_url(*sub, *c);
+    sub->add_option("file", *file, "JSON: {id, name?, conditions, targets, enabled?, priority?, rateLimit?}")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "POST", "/v1/routes", read_input(*file))); });
+  }
+  {
+    auto id = std::make_shared<std::string>();
+    auto file = std::make_shared<std::string>();
+    auto* sub = routes->add_subcommand("update", "Replace a rule with a JSON RoutingRule (file or -)");
+    add_url(*sub, *c);
+    sub->add_option("id", *id, "rule id")->required();
+    sub->add_option("file", *file, "JSON RoutingRule")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "PUT", "/v1/routes/" + url_encode(*id), read_input(*file))); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    auto* sub = routes->add_subcommand("dry-run", "Which rules and targets an example event (JSON, file or -) matches, and why");
+    add_url(*sub, *c);
+    sub->add_option("file", *file, "JSON event: {type, aggregateType, payload?, metadata?}")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "POST", "/v1/routes/dry-run", read_input(*file))); });
+  }
+}
+
 }  // namespace pliers::cli

@@ -15,5 +15,6 @@ void add_store_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>
 void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 // dlq, plugins: operators' commands for processing, against a running server.
 void add_processing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
+void add_routing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 
 }  // namespace pliers::cli

@@ -85,6 +85,14 @@ struct append_result {
   bool idempotent_replay = false;  // true when nothing was written: a retry of a stored append
 };
 
+// Sequence numbers [from, to] (both included) of an aggregate that compaction rewrote:
+// events there were moved to the archive or merged (ops/compaction, docs/storage.md).
+struct sequence_range {
+  std::int64_t from = 0;
+  std::int64_t to = 0;
+  bool operator==(const sequence_range&) const = default;
+};
+
 // Spec AggregateMetadata.
 struct aggregate_metadata {
   std::string aggregate_id;
@@ -95,6 +103,9 @@ struct aggregate_metadata {
   std::int64_t event_count = 0;
   std::optional<std::int64_t> snapshot_version;
   std::optional<timestamp> snapshot_time;
+  // Ranges compaction rewrote, ascending and disjoint. `event_count` counts the live events
+  // (after compaction it is below `version`); `version` is never lowered by compaction.
+  std::vector<sequence_range> compacted_ranges;
 };
 
 // Spec EventSnapshot.

@@ -482,6 +482,11 @@ json::object to_json(const aggregate_metadata& m) {
   o["eventCount"] = m.event_count;
   if (m.snapshot_version) o["snapshotVersion"] = *m.snapshot_version;
   if (m.snapshot_time) o["snapshotTimestamp"] = format_rfc3339(*m.snapshot_time);
+  if (!m.compacted_ranges.empty()) {
+    json::array ranges;
+    for (const auto& r : m.compacted_ranges) ranges.push_back(json::object{{"from", r.from}, {"to", r.to}});
+    o["compactedRanges"] = std::move(ranges);
+  }
   return o;
 }
 

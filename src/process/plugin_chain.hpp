@@ -122,7 +122,10 @@ class plugin_chain {
       std::int64_t attempt;
       std::int64_t duration_ms;
     };
-    std::vector<owner> owners;
+    std::vector<owner> owners;  // of appends (generated events)
+    // Lifecycle events (plugin.executed, plugin.failed) per plugin: one append each.
+    std::map<std::string, append_request> lifecycle;
+    void add_lifecycle(const std::string& plugin_id, new_event e);
     struct failure {
       const event* trigger;
       std::string consumer;
@@ -157,6 +160,11 @@ class plugin_chain {
   mutable std::shared_mutex mutex_;
   std::map<std::string, std::shared_ptr<entry>, std::less<>> plugins_;  // GUARDED_BY(mutex_)
   std::uint64_t next_order_ = 0;                                       // GUARDED_BY(mutex_)
+  // chain_for's cache: the chain per event type, dropped whenever the registry changes.
+  std::atomic<std::uint64_t> chain_generation_{0};
+  mutable std::mutex cache_mutex_;
+  mutable std::uint64_t cache_generation_ = 0;  // GUARDED_BY(cache_mutex_)
+  mutable std::map<std::string, std::vector<std::shared_ptr<entry>>, std::less<>> chain_cache_;  // GUARDED_BY(cache_mutex_)
   // Serializes registry changes made here with those read from the log.
   std::mutex lifecycle_mutex_;
   std::map<std::string, std::int64_t, std::less<>> applied_;  // GUARDED_BY(lifecycle_mutex_): last lifecycle position per plugin

@@ -1,5 +1,6 @@
 #include "process/retry_engine.hpp"
 
+#include "core/time_format.hpp"
 #include "core/uuid.hpp"
 
 namespace pliers {
@@ -18,6 +19,14 @@ void add_attempt(dead_letter& d, delivery_attempt a) {
 }
 
 }  // namespace
+
+void set_retry_not_before(processing_error& err, timestamp t) { err.context["retryNotBefore"] = format_rfc3339(t); }
+
+std::optional<timestamp> retry_not_before(const processing_error& err) {
+  const auto* v = err.context.if_contains("retryNotBefore");
+  if (!v || !v->is_string()) return std::nullopt;
+  return parse_rfc3339(v->get_string());
+}
 
 std::string_view consumer_kind(std::string_view consumer) { return consumer.substr(0, consumer.find(':')); }
 
@@ -64,6 +73,7 @@ result<dead_letter> retry_engine::record_failure(const event& e, const std::stri
     std::lock_guard lock(mutex_);
     decision = decide_retry(policy, 1, now, now, err.type, rng_);
   }
+  if (auto nb = retry_not_before(err); decision.retry && nb && *nb > decision.next_at) decision.next_at = *nb;
   d.error = std::move(err);
   if (decision.retry) {
     d.status = "pending_retry";
@@ -135,6 +145,8 @@ result<dead_letter> retry_engine::finish(dead_letter entry, const attempt_outcom
         std::lock_guard lock(mutex_);
         decision = decide_retry(p, attempt, entry.first_failed_at, now, outcome.error.type, rng_);
       }
+      if (auto nb = retry_not_before(outcome.error); decision.retry && nb && *nb > decision.next_at)
+        decision.next_at = *nb;
       if (decision.retry) {
         entry.status = "pending_retry";
         entry.next_retry_at = decision.next_at;

@@ -97,6 +97,12 @@ class retry_engine {
   std::atomic<std::uint64_t> attempted_{0};
 };
 
+// A failed attempt may carry the earliest time the peer accepts another (HTTP
+// Retry-After) in its context as "retryNotBefore" (RFC 3339): the next attempt is then
+// scheduled no sooner; the policy still decides whether there is one.
+void set_retry_not_before(processing_error& err, timestamp t);
+std::optional<timestamp> retry_not_before(const processing_error& err);
+
 // "plugin:abc" -> "plugin".
 std::string_view consumer_kind(std::string_view consumer);
 

@@ -36,6 +36,13 @@ const std::vector<config_key>& config_keys() {
       {"plugins.lease_ms", "PLIERS_PLUGINS_LEASE_MS", "partition lease of a node: how long a crashed node's share waits"},
       {"plugins.file", "PLIERS_PLUGINS_FILE", "JSON file: an array of plugin registrations applied at start-up"},
       {"plugins.native", "PLIERS_PLUGINS_NATIVE", "comma-separated shared libraries of native plugins"},
+      {"routes.enabled", "PLIERS_ROUTES_ENABLED", "run the event router on this node (true/false)"},
+      {"routes.partitions", "PLIERS_ROUTES_PARTITIONS", "partitions of the routing consumer group (fixed at creation)"},
+      {"routes.max_concurrent_deliveries", "PLIERS_ROUTES_MAX_CONCURRENT_DELIVERIES", "threads delivering to targets"},
+      {"routes.default_timeout_ms", "PLIERS_ROUTES_DEFAULT_TIMEOUT_MS", "timeout of a target without its own"},
+      {"routes.record_deliveries", "PLIERS_ROUTES_RECORD_DELIVERIES", "append route.delivered for every successful delivery"},
+      {"routes.allow_private_targets", "PLIERS_ROUTES_ALLOW_PRIVATE_TARGETS",
+       "comma-separated hosts/addresses targets may reach although private or loopback"},
       {"retry.max_attempts", "PLIERS_RETRY_MAX_ATTEMPTS", "default RetryConfig: attempts in all, the first included"},
       {"retry.backoff_strategy", "PLIERS_RETRY_BACKOFF_STRATEGY", "default RetryConfig: fixed, linear or exponential"},
       {"retry.base_delay_ms", "PLIERS_RETRY_BASE_DELAY_MS", "default RetryConfig: baseDelay"},
@@ -47,6 +54,23 @@ const std::vector<config_key>& config_keys() {
 }
 
 namespace {
+
+// "a, b,,c" -> {"a", "b", "c"}.
+std::vector<std::string> comma_list(std::string_view v) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= v.size()) {
+    auto comma = v.find(',', start);
+    auto item = v.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty()) out.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 
 template <class T>
 result<void> parse_number(std::string_view key, std::string_view v, T& out, T min, T max) {
@@ -135,17 +159,20 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
   } else if (key == "plugins.file") {
     plugin_file = v;
   } else if (key == "plugins.native") {
-    native_plugins.clear();
-    std::size_t start = 0;
-    while (start <= v.size()) {
-      auto comma = v.find(',', start);
-      auto item = v.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
-      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-      if (!item.empty()) native_plugins.emplace_back(item);
-      if (comma == std::string_view::npos) break;
-      start = comma + 1;
-    }
+    native_plugins = comma_list(v);
+  } else if (key == "routes.enabled" || key == "routes.record_deliveries") {
+    if (v != "true" && v != "false") return error::invalid(std::string(key), "must be true or false");
+    (key == "routes.enabled" ? routes_enabled : route_record_deliveries) = v == "true";
+  } else if (key == "routes.partitions") {
+    return parse_number<int>(key, v, route_partitions, 1, 256);
+  } else if (key == "routes.max_concurrent_deliveries") {
+    return parse_number<std::size_t>(key, v, route_max_concurrent, 1, 1024);
+  } else if (key == "routes.default_timeout_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 1, 120000); !r) return r;
+    route_timeout = std::chrono::milliseconds(ms);
+  } else if (key == "routes.allow_private_targets") {
+    route_allow_private = comma_list(v);
   } else if (key == "retry.max_attempts") {
     return parse_number<std::int64_t>(key, v, default_retry.max_attempts, 1, 1000);
   } else if (key == "retry.backoff_strategy") {

@@ -48,6 +48,14 @@ struct server_config {
   std::vector<std::string> native_plugins;          // shared libraries (include/pliers/plugin_abi.h)
   retry_policy default_retry;
 
+  // Routing (issue 6): rules and targets (docs/routing.md).
+  bool routes_enabled = true;                        // run the router on this node
+  int route_partitions = 8;
+  std::size_t route_max_concurrent = 32;             // delivery threads
+  std::chrono::milliseconds route_timeout{5000};     // default target timeout
+  bool route_record_deliveries = false;              // route.delivered per success
+  std::vector<std::string> route_allow_private;      // hosts/addresses exempt from the private-address check
+
   // Applies one setting by its TOML key ("server.listen"); used by all three sources.
   result<void> set(std::string_view key, std::string_view value);
   // The store options these settings describe.

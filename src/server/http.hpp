@@ -23,6 +23,8 @@
 namespace pliers {
 class plugin_chain;
 class retry_engine;
+class event_router;
+class channel_hub;
 struct plugin_view;
 }  // namespace pliers
 
@@ -53,6 +55,8 @@ struct server_state {
   std::function<result<scheduled_event>(scheduled_event)> schedule;  // the node's scheduler
   plugin_chain* plugins = nullptr;        // nullptr when plugins.enabled = false
   retry_engine* dead_letters = nullptr;
+  event_router* routes = nullptr;         // nullptr when routes.enabled = false
+  channel_hub* channels = nullptr;        // the websocket routing target's channels
 };
 
 struct request_context {
@@ -112,6 +116,7 @@ asio::awaitable<reply> handle_streams(request_context& ctx);       // GET/DELETE
 asio::awaitable<reply> handle_scheduled(request_context& ctx);     // /v1/scheduled-events
 asio::awaitable<reply> handle_plugins(request_context& ctx);       // /v1/plugins
 asio::awaitable<reply> handle_dead_letters(request_context& ctx);  // /v1/dead-letters
+asio::awaitable<reply> handle_routes(request_context& ctx);        // /v1/routes
 // A plugin registration as POST /v1/plugins takes it (also the plugins.file entries).
 result<plugin_view> register_plugin_from_json(plugin_chain& chain, const boost::json::value& body,
                                               std::chrono::milliseconds default_timeout);

@@ -18,6 +18,10 @@
 #include "process/plugin_kinds.hpp"
 #include "process/plugin_processor.hpp"
 #include "process/retry_engine.hpp"
+#include "process/channel_hub.hpp"
+#include "process/event_router.hpp"
+#include "process/route_processor.hpp"
+#include "process/route_targets.hpp"
 #include "server/http.hpp"
 #include "server/log.hpp"
 #include "server/problem.hpp"
@@ -105,6 +109,9 @@ struct http_server::impl {
   plugin_chain chain;
   std::unique_ptr<event_bus> bus;
   std::unique_ptr<plugin_processor> processor;
+  channel_hub channels;
+  std::unique_ptr<event_router> router;
+  std::unique_ptr<route_processor> routing;
   server_state state;
   std::atomic<bool> stopping{false};
   std::atomic<std::size_t> connections{0};
@@ -134,6 +141,44 @@ struct http_server::impl {
               [this](scheduled_event e) { return fire_scheduled.schedule(std::move(e)); }} {
     state.dead_letters = &retries;
     if (cfg.plugins_enabled) state.plugins = &chain;
+    state.channels = &channels;
+    if (cfg.routes_enabled) {
+      router = std::make_unique<event_router>(
+          store, default_clock(), retries,
+          make_route_target_factory({.allow_private = cfg.route_allow_private,
+                                     .default_timeout = cfg.route_timeout,
+                                     .plugins = cfg.plugins_enabled ? &chain : nullptr,
+                                     .channels = &channels}),
+          event_router::options{.max_concurrent_deliveries = cfg.route_max_concurrent,
+                                .record_deliveries = cfg.route_record_deliveries});
+      state.routes = router.get();
+    }
+  }
+
+  // The retry engine's thread calls into the chain and the router: it stops first.
+  ~impl() {
+    routing.reset();
+    processor.reset();
+    retries.stop();
+  }
+
+  // Loads the routing rules from the log and starts the routing consumer.
+  result<void> start_routing(const std::string& member) {
+    if (!router) return {};
+    if (auto ok = router->load(); !ok) return ok;
+    if (!bus) bus = std::make_unique<event_bus>(store, tailer, 1);
+    routing = std::make_unique<route_processor>(
+        store, tailer, *bus, default_clock(), *router, member,
+        route_processor::options{.partitions = cfg.route_partitions,
+                                 .lease = cfg.plugin_lease,
+                                 .on_error = [](const std::string& what) { log::warn("routes", {{"error", what}}); }});
+    return {};
+  }
+
+  static std::string member_name() {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    return std::string(host) + ":" + std::to_string(getpid());
   }
 
   // Loads the plugin registry (the log, native libraries, plugins.file) and starts the
@@ -142,6 +187,7 @@ struct http_server::impl {
     if (cfg.default_retry.max_delay < cfg.default_retry.base_delay)
       return error::invalid("retry.max_delay_ms", "must not be less than retry.base_delay_ms");
     if (!cfg.plugins_enabled) {
+      if (auto ok = start_routing(member_name()); !ok) return ok;
       retries.start();
       return {};
     }
@@ -188,6 +234,7 @@ struct http_server::impl {
         plugin_processor::options{.partitions = cfg.plugin_partitions,
                                   .lease = cfg.plugin_lease,
                                   .on_error = [](const std::string& what) { log::warn("plugins", {{"error", what}}); }});
+    if (auto ok = start_routing(member_name()); !ok) return ok;
     retries.start();
     return {};
   }
@@ -224,6 +271,7 @@ struct http_server::impl {
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "scheduled-events") co_return co_await handle_scheduled(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "plugins") co_return co_await handle_plugins(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "dead-letters") co_return co_await handle_dead_letters(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "routes") co_return co_await handle_routes(ctx);
     if (s.size() == 2 && s[0] == "v1" && s[1] == "stream")
       co_return problem_reply(error::invalid("Upgrade", "GET /v1/stream is a WebSocket endpoint: send an Upgrade request"));
     co_return problem_reply(error::make(errc::not_found, "no resource at " + std::string(ctx.url.path())));

@@ -108,6 +108,47 @@ struct dead_letter_page {
   std::optional<std::int64_t> next_after;  // pass as `after_seq` for the next page
 };
 
+// One compaction of one aggregate, decided by ops/compaction and applied atomically by the
+// store. Only events at or below `upto` are touched; events appended meanwhile are above it.
+// `remove`d events move to the archive; `rewrite` replaces the payload and metadata of a
+// kept event (a merge) and archives its original; `snapshot` is created in the same
+// transaction; `keep_snapshots` > 0 deletes all but the newest K snapshots afterwards.
+// Conflict when an event named is no longer live (another compaction got there first).
+struct compaction_change {
+  std::string compaction_id;   // UUID, names the archive rows and the ranges
+  std::string aggregate_id;
+  std::string strategy;
+  std::int64_t upto = 0;       // the version the plan was computed at
+  std::vector<std::int64_t> remove;  // sequence numbers, ascending
+  struct rewrite_event {
+    std::int64_t sequence = 0;
+    boost::json::object payload;
+    boost::json::object metadata;
+  };
+  std::vector<rewrite_event> rewrite;
+  std::optional<std::pair<std::int64_t, boost::json::object>> snapshot;  // (sequence, state)
+  std::int64_t keep_snapshots = 0;
+};
+
+// What the store measured while applying a compaction_change. Bytes are the stored size of
+// the aggregate's live events (SQLite: column bytes; PostgreSQL: pg_column_size of the
+// rows; memory: the JSON encoding) plus its snapshots, before and after.
+struct compaction_outcome {
+  std::int64_t events_before = 0;   // live events of the aggregate
+  std::int64_t events_after = 0;
+  std::int64_t bytes_before = 0;
+  std::int64_t bytes_after = 0;
+  std::int64_t snapshots_created = 0;
+  std::vector<sequence_range> ranges;  // of this compaction
+};
+
+// An event moved out of the live log by a compaction; restorable.
+struct archived_event {
+  event original;
+  std::string compaction_id;
+  timestamp archived_at{};
+};
+
 class event_store {
  public:
   using append_callback = std::function<void(result<append_result>)>;
@@ -203,6 +244,20 @@ class event_store {
                                                          std::chrono::milliseconds lease) = 0;
   virtual result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) = 0;
   virtual result<void> dlq_update(const dead_letter& entry) = 0;
+
+  // Compaction (ops/compaction.hpp). apply_compaction is atomic and serialized with appends
+  // to the aggregate (SQLite: the single write lock; PostgreSQL: the aggregate's row lock),
+  // never changes the version or a position, and records the change's ranges so that
+  // get_aggregate_metadata reports them. list_archived returns archived events of one
+  // aggregate (optionally of one compaction) in position order after `after`;
+  // restore_archived puts them back in the live log (merged events get their originals
+  // back) and forgets their ranges; it returns how many it restored.
+  virtual result<compaction_outcome> apply_compaction(const compaction_change& change) = 0;
+  virtual result<std::vector<archived_event>> list_archived(std::string_view aggregate_id,
+                                                            std::optional<std::string> compaction_id,
+                                                            log_position after, std::size_t limit) = 0;
+  virtual result<std::int64_t> restore_archived(std::string_view aggregate_id,
+                                                std::optional<std::string> compaction_id) = 0;
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is

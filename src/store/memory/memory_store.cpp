@@ -1,9 +1,12 @@
 #include "store/memory/memory_store.hpp"
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <mutex>
 
 #include "core/clock.hpp"
+#include "core/event_codec.hpp"
+#include "store/compaction_support.hpp"
 #include "store/dead_letter_codec.hpp"
 #include "store/scheduled_codec.hpp"
 
@@ -13,6 +16,8 @@ memory_store::memory_store(const store_options& options)
     : clock_(options.time_source ? *options.time_source : default_clock()) {}
 
 std::optional<append_lookup::stored_event> memory_store::find_event(std::string_view id) {
+  // Compacted events keep their ids here, like PostgreSQL's event_ids: a retry of a
+  // compacted append is still recognised.
   auto it = by_id_.find(std::string(id));
   if (it == by_id_.end()) return std::nullopt;
   const auto& e = log_[it->second];
@@ -22,7 +27,7 @@ std::optional<append_lookup::stored_event> memory_store::find_event(std::string_
 std::optional<append_lookup::aggregate_state> memory_store::find_aggregate(std::string_view aggregate_id) {
   auto it = aggregates_.find(std::string(aggregate_id));
   if (it == aggregates_.end()) return std::nullopt;
-  return aggregate_state{it->second.type, static_cast<std::int64_t>(it->second.events.size())};
+  return aggregate_state{it->second.type, it->second.version};
 }
 
 void memory_store::submit_group(std::vector<append_request> requests, group_callback done) {
@@ -40,11 +45,17 @@ void memory_store::submit_group(std::vector<append_request> requests, group_call
     if (!plan.replay) {
       wrote = true;
       auto& agg = aggregates_[plan.events.front().aggregate_id];
-      if (plan.creates_aggregate) agg.type = plan.aggregate_type;
+      if (plan.creates_aggregate) {
+        agg.type = plan.aggregate_type;
+        agg.first_time = plan.events.front().time;
+      }
+      agg.version = plan.events.back().sequence.value;
+      agg.last_time = plan.events.back().time;
       for (auto& e : plan.events) {
         by_id_.emplace(e.id, log_.size());
-        agg.events.push_back(log_.size());
+        agg.events.emplace(e.sequence.value, log_.size());
         log_.push_back(std::move(e));
+        live_.push_back(1);
       }
     }
     results.push_back(std::move(plan.result));
@@ -61,17 +72,18 @@ result<std::vector<event>> memory_store::read_aggregate(std::string_view aggrega
   auto it = aggregates_.find(std::string(aggregate_id));
   if (it == aggregates_.end()) return out;
   const auto& idx = it->second.events;
-  auto first = static_cast<std::size_t>(std::max<std::int64_t>(from_version, 1) - 1);
-  auto last = std::min<std::size_t>(idx.size(), to_version ? static_cast<std::size_t>(std::max<std::int64_t>(*to_version, 0)) : idx.size());
-  for (std::size_t i = first; i < last && out.size() < limit; ++i) out.push_back(log_[idx[i]]);
+  const auto last = to_version.value_or(INT64_MAX);
+  for (auto i = idx.lower_bound(from_version); i != idx.end() && i->first <= last && out.size() < limit; ++i)
+    out.push_back(log_[i->second]);
   return out;
 }
 
 result<query_result> memory_store::query(const event_query& q, const pagination& page) {
   std::shared_lock lock(mutex_);
   query_result r;
-  for (const auto& e : log_) {
-    if (!q.matches(e)) continue;
+  for (std::size_t i = 0; i < log_.size(); ++i) {
+    const auto& e = log_[i];
+    if (!live_[i] || !q.matches(e)) continue;
     ++r.total_count;
     if (e.position <= page.after) continue;
     if (r.events.size() < page.limit) r.events.push_back(e);
@@ -85,14 +97,14 @@ result<std::vector<event>> memory_store::read_all(log_position after, std::size_
   std::shared_lock lock(mutex_);
   std::vector<event> out;
   for (auto i = static_cast<std::size_t>(std::max<std::int64_t>(after.value, 0)); i < log_.size() && out.size() < limit; ++i)
-    out.push_back(log_[i]);
+    if (live_[i]) out.push_back(log_[i]);
   return out;
 }
 
 result<event> memory_store::get_event(std::string_view id) {
   std::shared_lock lock(mutex_);
   auto it = by_id_.find(std::string(id));
-  if (it == by_id_.end()) return error::make(errc::not_found, "no event with id " + std::string(id));
+  if (it == by_id_.end() || !live_[it->second]) return error::make(errc::not_found, "no event with id " + std::string(id));
   return log_[it->second];
 }
 
@@ -101,14 +113,15 @@ result<aggregate_metadata> memory_store::get_aggregate_metadata(std::string_view
   auto it = aggregates_.find(std::string(aggregate_id));
   if (it == aggregates_.end())
     return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
-  const auto& idx = it->second.events;
   aggregate_metadata m;
   m.aggregate_id = it->first;
   m.aggregate_type = it->second.type;
-  m.version = static_cast<std::int64_t>(idx.size());
-  m.event_count = m.version;
-  m.first_event_time = log_[idx.front()].time;
-  m.last_event_time = log_[idx.back()].time;
+  m.version = it->second.version;
+  m.event_count = static_cast<std::int64_t>(it->second.events.size());
+  m.first_event_time = it->second.first_time;
+  m.last_event_time = it->second.last_time;
+  for (const auto& [cid, r] : it->second.compacted) m.compacted_ranges.push_back(r);
+  m.compacted_ranges = merge_ranges(std::move(m.compacted_ranges));
   if (auto s = snapshots_.find(it->first); s != snapshots_.end() && !s->second.empty()) {
     m.snapshot_version = s->second.rbegin()->first;
     m.snapshot_time = s->second.rbegin()->second.created_at;
@@ -122,7 +135,7 @@ result<void> memory_store::create_snapshot(std::string_view aggregate_id, std::i
   auto it = aggregates_.find(std::string(aggregate_id));
   if (it == aggregates_.end())
     return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
-  auto version = static_cast<std::int64_t>(it->second.events.size());
+  auto version = it->second.version;
   if (sequence < 1 || sequence > version)
     return error::invalid("sequenceNumber", "must be between 1 and the aggregate's version " + std::to_string(version));
   snapshot s{it->first, it->second.type, sequence, std::move(data), std::max(last_time_, clock_.now())};
@@ -342,6 +355,87 @@ result<void> memory_store::dlq_update(const dead_letter& entry) {
   if (it == dlq_by_id_.end()) return dlq_not_found(entry.id);
   apply_dead_letter_update(dead_letters_.at(it->second), entry);
   return {};
+}
+
+std::int64_t memory_store::stored_bytes(const aggregate& a, std::string_view id) const {
+  std::int64_t bytes = 0;
+  for (const auto& [seq, i] : a.events) bytes += static_cast<std::int64_t>(encoded_size(log_[i]));
+  if (auto s = snapshots_.find(std::string(id)); s != snapshots_.end())
+    for (const auto& [seq, snap] : s->second) bytes += static_cast<std::int64_t>(boost::json::serialize(snap.data).size());
+  return bytes;
+}
+
+result<compaction_outcome> memory_store::apply_compaction(const compaction_change& change) {
+  std::unique_lock lock(mutex_);
+  auto it = aggregates_.find(change.aggregate_id);
+  if (it == aggregates_.end()) return error::make(errc::not_found, "no aggregate '" + change.aggregate_id + "'");
+  auto& agg = it->second;
+  if (auto ok = check_compaction(change, agg.version); !ok) return std::move(ok).error();
+  for (auto seq : change.remove)
+    if (!agg.events.count(seq))
+      return error::make(errc::conflict, "event " + std::to_string(seq) + " of '" + change.aggregate_id + "' is not live");
+  for (const auto& r : change.rewrite)
+    if (!agg.events.count(r.sequence))
+      return error::make(errc::conflict, "event " + std::to_string(r.sequence) + " of '" + change.aggregate_id + "' is not live");
+  compaction_outcome out;
+  out.events_before = static_cast<std::int64_t>(agg.events.size());
+  out.bytes_before = stored_bytes(agg, change.aggregate_id);
+  const auto now = std::max(last_time_, clock_.now());
+  for (auto seq : change.remove) {
+    auto i = agg.events.at(seq);
+    archive_[log_[i].position.value] = archived_event{log_[i], change.compaction_id, now};
+    live_[i] = 0;
+    agg.events.erase(seq);
+  }
+  for (const auto& r : change.rewrite) {
+    auto i = agg.events.at(r.sequence);
+    archive_[log_[i].position.value] = archived_event{log_[i], change.compaction_id, now};
+    log_[i].payload = r.payload;
+    log_[i].metadata = r.metadata;
+  }
+  auto& snaps = snapshots_[change.aggregate_id];
+  if (change.snapshot) {
+    snaps[change.snapshot->first] = snapshot{change.aggregate_id, agg.type, change.snapshot->first, change.snapshot->second, now};
+    out.snapshots_created = 1;
+  }
+  while (change.keep_snapshots > 0 && static_cast<std::int64_t>(snaps.size()) > change.keep_snapshots) snaps.erase(snaps.begin());
+  out.ranges = compaction_ranges(change);
+  for (const auto& r : out.ranges) agg.compacted.emplace_back(change.compaction_id, r);
+  out.events_after = static_cast<std::int64_t>(agg.events.size());
+  out.bytes_after = stored_bytes(agg, change.aggregate_id);
+  return out;
+}
+
+result<std::vector<archived_event>> memory_store::list_archived(std::string_view aggregate_id,
+                                                                std::optional<std::string> compaction_id,
+                                                                log_position after, std::size_t limit) {
+  std::shared_lock lock(mutex_);
+  std::vector<archived_event> out;
+  for (auto i = archive_.upper_bound(after.value); i != archive_.end() && out.size() < limit; ++i)
+    if (i->second.original.aggregate_id == aggregate_id && (!compaction_id || i->second.compaction_id == *compaction_id))
+      out.push_back(i->second);
+  return out;
+}
+
+result<std::int64_t> memory_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+  std::unique_lock lock(mutex_);
+  auto it = aggregates_.find(std::string(aggregate_id));
+  if (it == aggregates_.end()) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");
+  std::int64_t restored = 0;
+  for (auto a = archive_.begin(); a != archive_.end();) {
+    if (a->second.original.aggregate_id != aggregate_id || (compaction_id && a->second.compaction_id != *compaction_id)) {
+      ++a;
+      continue;
+    }
+    const auto i = static_cast<std::size_t>(a->first - 1);
+    log_[i] = std::move(a->second.original);
+    live_[i] = 1;
+    it->second.events[log_[i].sequence.value] = i;
+    ++restored;
+    a = archive_.erase(a);
+  }
+  std::erase_if(it->second.compacted, [&](const auto& c) { return !compaction_id || c.first == *compaction_id; });
+  return restored;
 }
 
 log_position memory_store::head() {

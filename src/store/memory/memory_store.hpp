@@ -47,6 +47,10 @@ class memory_store final : public event_store, private append_lookup {
   result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
   result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
   result<void> dlq_update(const dead_letter& entry) override;
+  result<compaction_outcome> apply_compaction(const compaction_change& change) override;
+  result<std::vector<archived_event>> list_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id,
+                                                    log_position after, std::size_t limit) override;
+  result<std::int64_t> restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) override;
 
  private:
   void submit_group(std::vector<append_request> requests, group_callback done) override;
@@ -55,12 +59,18 @@ class memory_store final : public event_store, private append_lookup {
 
   struct aggregate {
     std::string type;
-    std::vector<std::size_t> events;  // indexes into log_, in sequence order
+    std::int64_t version = 0;
+    timestamp first_time{}, last_time{};
+    std::map<std::int64_t, std::size_t> events;  // live events: sequence -> index into log_
+    std::vector<std::pair<std::string, sequence_range>> compacted;  // (compaction id, range)
   };
+  std::int64_t stored_bytes(const aggregate& a, std::string_view id) const;  // REQUIRES: mutex_ held
 
   const clock& clock_;
   std::shared_mutex mutex_;
   std::vector<event> log_;                                  // log_[i].position == i + 1
+  std::vector<char> live_;                                  // live_[i]: log_[i] not compacted away
+  std::map<std::int64_t, archived_event> archive_;          // by position
   std::unordered_map<std::string, std::size_t> by_id_;      // id -> index into log_
   std::unordered_map<std::string, aggregate> aggregates_;
   std::unordered_map<std::string, std::map<std::int64_t, snapshot>> snapshots_;

@@ -14,6 +14,7 @@
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 #include "store/append_planner.hpp"
+#include "store/compaction_support.hpp"
 #include "store/dead_letter_codec.hpp"
 #include "store/group_commit.hpp"
 #include "store/postgres/pg_db.hpp"
@@ -144,6 +145,38 @@ CREATE TABLE dead_letters (
   UNIQUE (consumer, event_id)
 );
 CREATE INDEX idx_dead_letters_due ON dead_letters (status, next_retry_at);
+)sql";
+
+// Compaction (docs/storage.md): events moved out of the live log, restorable; the ranges
+// of each aggregate that compactions rewrote. event_ids keeps the ids of archived events,
+// so a retried append of one is still recognised.
+constexpr const char* migration_5 = R"sql(
+CREATE TABLE event_archive (
+  seq BIGSERIAL PRIMARY KEY,
+  position BIGINT NOT NULL,
+  id UUID NOT NULL,
+  type VARCHAR(100) NOT NULL,
+  version INTEGER NOT NULL,
+  timestamp TIMESTAMPTZ NOT NULL,
+  aggregate_id VARCHAR(255) NOT NULL,
+  aggregate_type VARCHAR(50) NOT NULL,
+  sequence_number BIGINT NOT NULL,
+  causation_id UUID,
+  correlation_id UUID,
+  metadata JSONB NOT NULL,
+  payload JSONB NOT NULL,
+  compaction_id UUID NOT NULL,
+  archived_at TIMESTAMPTZ NOT NULL,
+  UNIQUE (position, compaction_id)
+);
+CREATE INDEX idx_event_archive_aggregate ON event_archive (aggregate_id, position);
+CREATE TABLE compacted_ranges (
+  aggregate_id VARCHAR(255) NOT NULL,
+  compaction_id UUID NOT NULL,
+  from_seq BIGINT NOT NULL,
+  to_seq BIGINT NOT NULL,
+  PRIMARY KEY (aggregate_id, from_seq, compaction_id)
+);
 )sql";
 
 constexpr const char* scheduled_columns =
@@ -804,7 +837,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
     auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
     if (!applied) return std::move(applied).error();
     const auto version = applied->int64(0, 0);
-    constexpr std::int64_t known = 4;
+    constexpr std::int64_t known = 5;
     if (version > known)
       return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
                                                 " is newer than this server knows (" + std::to_string(known) + ")");
@@ -824,6 +857,10 @@ result<void> run_migrations(connection& db, const store_options& o) {
       if (auto r = db.exec(migration_4); !r) return std::move(r).error();
       if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (4)"); !r) return std::move(r).error();
     }
+    if (version < 5) {
+      if (auto r = db.exec(migration_5); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (5)"); !r) return std::move(r).error();
+    }
     return {};
   };
   auto r = body();
@@ -838,7 +875,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
 }  // namespace
 
 std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index) {
-  return migration_1(partition_strategy, json_index) + migration_2 + migration_3 + migration_4;
+  return migration_1(partition_strategy, json_index) + migration_2 + migration_3 + migration_4 + migration_5;
 }
 
 result<void> migrate_postgres(const std::string& url, const store_options& options) {
@@ -1013,6 +1050,11 @@ result<aggregate_metadata> postgres_store::get_aggregate_metadata(std::string_vi
       m.snapshot_version = r->int64(0, 5);
       m.snapshot_time = from_micros(r->int64(0, 6));
     }
+    auto ranges = db.exec("SELECT from_seq, to_seq FROM compacted_ranges WHERE aggregate_id = $1 ORDER BY from_seq",
+                          {std::string(aggregate_id)});
+    if (!ranges) return std::move(ranges).error();
+    for (int i = 0; i < ranges->rows(); ++i) m.compacted_ranges.push_back({ranges->int64(i, 0), ranges->int64(i, 1)});
+    m.compacted_ranges = merge_ranges(std::move(m.compacted_ranges));
     return m;
   });
 }
@@ -1487,6 +1529,178 @@ result<void> postgres_store::dlq_update(const dead_letter& entry) {
       if (rows->empty()) return dlq_missing(entry.id);
       apply_dead_letter_update(rows->front(), entry);
       return store_dead_letters(db, *rows);
+    });
+  });
+}
+
+}  // namespace pliers
+
+// ---------------------------------------------------------------------------------------
+// Compaction. One transaction that first takes the aggregate's row lock, the lock every
+// append to it takes (docs/adr/0003): appends to the aggregate wait for the compaction or
+// commit before it, and the plan only touches sequence numbers <= upto, which appends never
+// write.
+
+namespace pliers {
+
+namespace {
+
+constexpr const char* archive_columns =
+    "position, id, type, version, timestamp, aggregate_id, aggregate_type, sequence_number, causation_id, "
+    "correlation_id, metadata, payload";
+
+std::string int_array(const std::vector<std::int64_t>& values) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(values[i]);
+  }
+  return out + "}";
+}
+
+// (live events, stored bytes of live events + snapshots) of one aggregate.
+result<std::pair<std::int64_t, std::int64_t>> measure(connection& db, const std::string& aggregate_id) {
+  auto r = db.exec(
+      "SELECT (SELECT count(*) FROM events WHERE aggregate_id = $1), "
+      "(SELECT COALESCE(SUM(pg_column_size(e.*)), 0) FROM events e WHERE aggregate_id = $1) + "
+      "(SELECT COALESCE(SUM(pg_column_size(s.*)), 0) FROM event_snapshots s WHERE aggregate_id = $1)",
+      {aggregate_id});
+  if (!r) return std::move(r).error();
+  return std::pair<std::int64_t, std::int64_t>{r->int64(0, 0), r->int64(0, 1)};
+}
+
+template <class F>
+auto compaction_txn(connection& db, F body) -> decltype(body()) {
+  if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
+  auto r = body();
+  if (!r) {
+    if (!db.broken()) (void)db.exec("ROLLBACK");
+    return r;
+  }
+  if (auto c = db.exec("COMMIT"); !c) return std::move(c).error();
+  return r;
+}
+
+}  // namespace
+
+result<compaction_outcome> postgres_store::apply_compaction(const compaction_change& change) {
+  return impl_->with_reader([&](connection& db) -> result<compaction_outcome> {
+    return compaction_txn(db, [&]() -> result<compaction_outcome> {
+      const auto& id = change.aggregate_id;
+      auto agg = db.exec("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = $1 AND version > 0 FOR UPDATE", {id});
+      if (!agg) return std::move(agg).error();
+      if (agg->rows() == 0) return error::make(errc::not_found, "no aggregate '" + id + "'");
+      if (auto ok = check_compaction(change, agg->int64(0, 1)); !ok) return std::move(ok).error();
+      const std::string type(agg->text(0, 0));
+      compaction_outcome out;
+      auto before = measure(db, id);
+      if (!before) return std::move(before).error();
+      out.events_before = before->first;
+      out.bytes_before = before->second;
+      const auto now = format_rfc3339(impl_->clk.now());
+      if (!change.remove.empty()) {
+        auto moved = db.exec(std::string("WITH moved AS (DELETE FROM events WHERE aggregate_id = $1 AND sequence_number = "
+                                         "ANY($2::bigint[]) RETURNING *) INSERT INTO event_archive (") +
+                                 archive_columns + ", compaction_id, archived_at) SELECT " + archive_columns +
+                                 ", $3::uuid, $4::timestamptz FROM moved RETURNING 1",
+                             {id, int_array(change.remove), change.compaction_id, now});
+        if (!moved) return std::move(moved).error();
+        if (moved->rows() != static_cast<int>(change.remove.size()))
+          return error::make(errc::conflict, "events of '" + id + "' to compact are no longer live");
+      }
+      for (const auto& rw : change.rewrite) {
+        auto r = db.exec(std::string("WITH old AS (INSERT INTO event_archive (") + archive_columns +
+                             ", compaction_id, archived_at) SELECT " + archive_columns +
+                             ", $3::uuid, $4::timestamptz FROM events WHERE aggregate_id = $1 AND sequence_number = $2 "
+                             "RETURNING 1) UPDATE events SET payload = $5::jsonb, metadata = $6::jsonb "
+                             "WHERE aggregate_id = $1 AND sequence_number = $2 AND (SELECT count(*) FROM old) = 1 RETURNING 1",
+                         {id, std::to_string(rw.sequence), change.compaction_id, now, json::serialize(rw.payload),
+                          json::serialize(rw.metadata)});
+        if (!r) return std::move(r).error();
+        if (r->rows() != 1)
+          return error::make(errc::conflict, "event " + std::to_string(rw.sequence) + " of '" + id + "' is not live");
+      }
+      if (change.snapshot) {
+        auto r = db.exec(
+            "INSERT INTO event_snapshots (aggregate_id, sequence_number, aggregate_type, snapshot_data, created_at) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5::timestamptz) ON CONFLICT (aggregate_id, sequence_number) DO UPDATE SET "
+            "snapshot_data = excluded.snapshot_data, created_at = excluded.created_at",
+            {id, std::to_string(change.snapshot->first), type, json::serialize(change.snapshot->second), now});
+        if (!r) return std::move(r).error();
+        out.snapshots_created = 1;
+      }
+      if (change.keep_snapshots > 0) {
+        auto r = db.exec(
+            "DELETE FROM event_snapshots WHERE aggregate_id = $1 AND sequence_number NOT IN (SELECT sequence_number "
+            "FROM event_snapshots WHERE aggregate_id = $1 ORDER BY sequence_number DESC LIMIT $2)",
+            {id, std::to_string(change.keep_snapshots)});
+        if (!r) return std::move(r).error();
+      }
+      out.ranges = compaction_ranges(change);
+      for (const auto& rg : out.ranges) {
+        auto r = db.exec("INSERT INTO compacted_ranges (aggregate_id, compaction_id, from_seq, to_seq) VALUES ($1, $2::uuid, $3, $4)",
+                         {id, change.compaction_id, std::to_string(rg.from), std::to_string(rg.to)});
+        if (!r) return std::move(r).error();
+      }
+      auto after = measure(db, id);
+      if (!after) return std::move(after).error();
+      out.events_after = after->first;
+      out.bytes_after = after->second;
+      if (auto r = db.exec("UPDATE aggregates SET event_count = $2 WHERE aggregate_id = $1", {id, std::to_string(out.events_after)}); !r)
+        return std::move(r).error();
+      return out;
+    });
+  });
+}
+
+result<std::vector<archived_event>> postgres_store::list_archived(std::string_view aggregate_id,
+                                                                  std::optional<std::string> compaction_id,
+                                                                  log_position after, std::size_t limit) {
+  return impl_->with_reader([&](connection& db) -> result<std::vector<archived_event>> {
+    auto r = db.exec(std::string("SELECT ") + event_columns +
+                         ", compaction_id, (EXTRACT(EPOCH FROM archived_at) * 1000000)::bigint FROM event_archive "
+                         "WHERE aggregate_id = $1 AND position > $2 AND ($3::uuid IS NULL OR compaction_id = $3::uuid) "
+                         "ORDER BY position, seq LIMIT $4",
+                     {std::string(aggregate_id), std::to_string(after.value), compaction_id, std::to_string(limit)});
+    if (!r) return std::move(r).error();
+    std::vector<archived_event> out;
+    for (int i = 0; i < r->rows(); ++i) {
+      auto e = row_to_event(*r, i);
+      if (!e) return std::move(e).error();
+      out.push_back(archived_event{std::move(*e), std::string(r->text(i, 12)), from_micros(r->int64(i, 13))});
+    }
+    return out;
+  });
+}
+
+result<std::int64_t> postgres_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+  return impl_->with_reader([&](connection& db) -> result<std::int64_t> {
+    return compaction_txn(db, [&]() -> result<std::int64_t> {
+      const std::string id(aggregate_id);
+      auto agg = db.exec("SELECT 1 FROM aggregates WHERE aggregate_id = $1 AND version > 0 FOR UPDATE", {id});
+      if (!agg) return std::move(agg).error();
+      if (agg->rows() == 0) return error::make(errc::not_found, "no aggregate '" + id + "'");
+      const params p{id, compaction_id};
+      const std::string selected = " FROM event_archive WHERE aggregate_id = $1 AND ($2::uuid IS NULL OR compaction_id = $2::uuid)";
+      // Merged events are live: their rewritten version goes, the archived original comes back
+      // (the oldest archive row of a position, when several compactions archived it).
+      if (auto r = db.exec("DELETE FROM events WHERE aggregate_id = $1 AND position IN (SELECT position" + selected + ")", p); !r)
+        return std::move(r).error();
+      if (auto r = db.exec(std::string("INSERT INTO events (") + archive_columns + ") SELECT DISTINCT ON (position) " +
+                               archive_columns + selected + " ORDER BY position, seq",
+                           p);
+          !r)
+        return std::move(r).error();
+      auto del = db.exec("DELETE" + selected + " RETURNING 1", p);
+      if (!del) return std::move(del).error();
+      if (auto r = db.exec("DELETE FROM compacted_ranges WHERE aggregate_id = $1 AND ($2::uuid IS NULL OR compaction_id = $2::uuid)", p); !r)
+        return std::move(r).error();
+      if (auto r = db.exec("UPDATE aggregates SET event_count = (SELECT count(*) FROM events WHERE aggregate_id = $1) "
+                           "WHERE aggregate_id = $1",
+                           {id});
+          !r)
+        return std::move(r).error();
+      return static_cast<std::int64_t>(del->rows());
     });
   });
 }

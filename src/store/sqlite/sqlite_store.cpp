@@ -15,6 +15,13 @@
 //                event_type, status, failed_at, next_retry_at, lease_until (micros),
 //                body TEXT (the entry as store/dead_letter_codec.hpp writes it),
 //                UNIQUE(consumer, event_id))                    -- (4)
+//   event_archive(seq AUTOINCREMENT, the events columns, compaction_id, archived_at,
+//                 UNIQUE(position, compaction_id))             -- (5) events moved out by
+//   compacted_ranges(aggregate_id, compaction_id, from_seq, to_seq)  compaction
+//
+// Compaction removes events from `events` (their positions become holes in the log, never
+// reused: the head is the highest position of events and event_archive) and rewrites
+// merged ones in place; every original goes to event_archive first.
 //
 // Positions are gap-free and commit-ordered because exactly one writer (the group-commit
 // thread) assigns them inside its transaction, and a failed transaction restores the head.
@@ -26,6 +33,7 @@
 
 #include "core/clock.hpp"
 #include "store/append_planner.hpp"
+#include "store/compaction_support.hpp"
 #include "store/dead_letter_codec.hpp"
 #include "store/group_commit.hpp"
 #include "store/scheduled_codec.hpp"
@@ -123,6 +131,35 @@ CREATE TABLE dead_letters (
   UNIQUE (consumer, event_id)
 );
 CREATE INDEX idx_dead_letters_due ON dead_letters (status, next_retry_at);
+)sql",
+    R"sql(
+CREATE TABLE event_archive (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  position INTEGER NOT NULL,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  timestamp INTEGER NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  sequence_number INTEGER NOT NULL,
+  causation_id TEXT,
+  correlation_id TEXT,
+  metadata TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  compaction_id TEXT NOT NULL,
+  archived_at INTEGER NOT NULL,
+  UNIQUE (position, compaction_id)
+);
+CREATE INDEX idx_event_archive_aggregate ON event_archive (aggregate_id, position);
+CREATE INDEX idx_event_archive_id ON event_archive (id);
+CREATE TABLE compacted_ranges (
+  aggregate_id TEXT NOT NULL,
+  compaction_id TEXT NOT NULL,
+  from_seq INTEGER NOT NULL,
+  to_seq INTEGER NOT NULL,
+  PRIMARY KEY (aggregate_id, from_seq, compaction_id)
+) WITHOUT ROWID;
 )sql",
 };
 
@@ -358,9 +395,16 @@ struct sqlite_store::impl final : private append_lookup {
     auto st = writer->prepare("SELECT aggregate_id, sequence_number, position, timestamp FROM events WHERE id = ?");
     if (!st) return std::nullopt;
     st->bind(1, id);
-    if (st->step() != SQLITE_ROW) return std::nullopt;
-    return stored_event{std::string(st->text(0)), sequence_number(st->int64(1)), log_position(st->int64(2)),
-                        from_micros(st->int64(3))};
+    if (st->step() == SQLITE_ROW)
+      return stored_event{std::string(st->text(0)), sequence_number(st->int64(1)), log_position(st->int64(2)),
+                          from_micros(st->int64(3))};
+    // A compacted event keeps its id: a retry of its append is still recognised.
+    auto ar = writer->prepare("SELECT aggregate_id, sequence_number, position, timestamp FROM event_archive WHERE id = ? LIMIT 1");
+    if (!ar) return std::nullopt;
+    ar->bind(1, id);
+    if (ar->step() != SQLITE_ROW) return std::nullopt;
+    return stored_event{std::string(ar->text(0)), sequence_number(ar->int64(1)), log_position(ar->int64(2)),
+                        from_micros(ar->int64(3))};
   }
   std::optional<aggregate_state> find_aggregate(std::string_view aggregate_id) override {
     auto st = writer->prepare("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = ?");
@@ -511,7 +555,10 @@ result<std::unique_ptr<sqlite_store>> sqlite_store::open(const std::string& path
     if (auto r = db.exec("COMMIT"); !r) return std::move(r).error();
   }
   {
-    auto st = db.prepare("SELECT COALESCE(MAX(position), 0), COALESCE(MAX(timestamp), 0) FROM events");
+    // Compaction may have moved the newest events to the archive: their positions stay taken.
+    auto st = db.prepare(
+        "SELECT MAX(COALESCE((SELECT MAX(position) FROM events), 0), COALESCE((SELECT MAX(position) FROM event_archive), 0)), "
+        "MAX(COALESCE((SELECT MAX(timestamp) FROM events), 0), COALESCE((SELECT MAX(timestamp) FROM event_archive), 0))");
     if (!st) return std::move(st).error();
     if (st->step() == SQLITE_ROW) {
       p->head = log_position(st->int64(0));
@@ -631,14 +678,21 @@ result<aggregate_metadata> sqlite_store::get_aggregate_metadata(std::string_view
     m.first_event_time = from_micros(st->int64(3));
     m.last_event_time = from_micros(st->int64(4));
   }
-  auto st = db->prepare(
-      "SELECT sequence_number, created_at FROM snapshots WHERE aggregate_id = ? ORDER BY sequence_number DESC LIMIT 1");
+  {
+    auto st = db->prepare(
+        "SELECT sequence_number, created_at FROM snapshots WHERE aggregate_id = ? ORDER BY sequence_number DESC LIMIT 1");
+    if (!st) return std::move(st).error();
+    st->bind(1, aggregate_id);
+    if (st->step() == SQLITE_ROW) {
+      m.snapshot_version = st->int64(0);
+      m.snapshot_time = from_micros(st->int64(1));
+    }
+  }
+  auto st = db->prepare("SELECT from_seq, to_seq FROM compacted_ranges WHERE aggregate_id = ? ORDER BY from_seq");
   if (!st) return std::move(st).error();
   st->bind(1, aggregate_id);
-  if (st->step() == SQLITE_ROW) {
-    m.snapshot_version = st->int64(0);
-    m.snapshot_time = from_micros(st->int64(1));
-  }
+  while (st->step() == SQLITE_ROW) m.compacted_ranges.push_back({st->int64(0), st->int64(1)});
+  m.compacted_ranges = merge_ranges(std::move(m.compacted_ranges));
   return m;
 }
 
@@ -1107,6 +1161,192 @@ result<void> sqlite_store::dlq_update(const dead_letter& entry) {
   apply_dead_letter_update(**found, entry);
   if (auto r = store_dead_letter(*db, **found); !r) return std::move(r).error();
   return txn.commit();
+}
+
+}  // namespace pliers
+
+// ---------------------------------------------------------------------------------------
+// Compaction. Runs on a reader connection in its own BEGIN IMMEDIATE transaction: SQLite's
+// single write lock serializes it with the group commit, so an append to the aggregate is
+// either wholly before (and above `upto`, untouched) or wholly after it.
+
+namespace pliers {
+
+namespace {
+
+constexpr const char* archive_columns =
+    "position, id, type, version, timestamp, aggregate_id, aggregate_type, sequence_number, causation_id, "
+    "correlation_id, metadata, payload";
+
+// (live events, stored bytes of live events + snapshots) of one aggregate.
+result<std::pair<std::int64_t, std::int64_t>> measure(connection& db, std::string_view aggregate_id) {
+  auto st = db.prepare(
+      "SELECT COUNT(*), COALESCE(SUM(length(CAST(id AS BLOB)) + length(CAST(type AS BLOB)) + "
+      "length(CAST(aggregate_id AS BLOB)) + length(CAST(aggregate_type AS BLOB)) + length(CAST(metadata AS BLOB)) + "
+      "length(CAST(payload AS BLOB)) + COALESCE(length(causation_id), 0) + COALESCE(length(correlation_id), 0) + 32), 0) "
+      "FROM events WHERE aggregate_id = ?1");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id);
+  if (st->step() != SQLITE_ROW) return db.last_error("measure events");
+  std::pair<std::int64_t, std::int64_t> out{st->int64(0), st->int64(1)};
+  auto sn = db.prepare(
+      "SELECT COALESCE(SUM(length(CAST(data AS BLOB)) + length(CAST(aggregate_id AS BLOB)) + "
+      "length(CAST(aggregate_type AS BLOB)) + 16), 0) FROM snapshots WHERE aggregate_id = ?1");
+  if (!sn) return std::move(sn).error();
+  sn->bind(1, aggregate_id);
+  if (sn->step() != SQLITE_ROW) return db.last_error("measure snapshots");
+  out.second += sn->int64(0);
+  return out;
+}
+
+result<void> archive_one(connection& db, std::string_view aggregate_id, std::int64_t seq, std::string_view compaction_id,
+                         std::int64_t now) {
+  auto st = db.prepare(std::string("INSERT INTO event_archive (") + archive_columns + ", compaction_id, archived_at) SELECT " +
+                       archive_columns + ", ?3, ?4 FROM events WHERE aggregate_id = ?1 AND sequence_number = ?2");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id).bind(2, seq).bind(3, compaction_id).bind(4, now);
+  if (st->step() != SQLITE_DONE) return db.last_error("archive event");
+  if (sqlite3_changes(db.handle()) != 1)
+    return error::make(errc::conflict, "event " + std::to_string(seq) + " of '" + std::string(aggregate_id) + "' is not live");
+  return {};
+}
+
+}  // namespace
+
+result<compaction_outcome> sqlite_store::apply_compaction(const compaction_change& change) {
+  auto db = impl_->reader();
+  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
+  bool committed = false;
+  struct end_txn {
+    connection& c;
+    bool& done;
+    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
+  } guard{*db, committed};
+  std::string type;
+  {
+    auto st = db->prepare("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = ?");
+    if (!st) return std::move(st).error();
+    st->bind(1, std::string_view(change.aggregate_id));
+    if (st->step() != SQLITE_ROW) return error::make(errc::not_found, "no aggregate '" + change.aggregate_id + "'");
+    type = st->text(0);
+    if (auto ok = check_compaction(change, st->int64(1)); !ok) return std::move(ok).error();
+  }
+  compaction_outcome out;
+  auto before = measure(*db, change.aggregate_id);
+  if (!before) return std::move(before).error();
+  out.events_before = before->first;
+  out.bytes_before = before->second;
+  const auto now = to_micros(impl_->clk.now());
+  for (auto seq : change.remove) {
+    if (auto r = archive_one(*db, change.aggregate_id, seq, change.compaction_id, now); !r) return std::move(r).error();
+    auto del = db->prepare("DELETE FROM events WHERE aggregate_id = ? AND sequence_number = ?");
+    if (!del) return std::move(del).error();
+    del->bind(1, std::string_view(change.aggregate_id)).bind(2, seq);
+    if (del->step() != SQLITE_DONE) return db->last_error("remove event");
+  }
+  for (const auto& rw : change.rewrite) {
+    if (auto r = archive_one(*db, change.aggregate_id, rw.sequence, change.compaction_id, now); !r)
+      return std::move(r).error();
+    auto up = db->prepare("UPDATE events SET payload = ?, metadata = ? WHERE aggregate_id = ? AND sequence_number = ?");
+    if (!up) return std::move(up).error();
+    const auto pl = json::serialize(rw.payload), md = json::serialize(rw.metadata);
+    up->bind(1, std::string_view(pl)).bind(2, std::string_view(md)).bind(3, std::string_view(change.aggregate_id));
+    up->bind(4, rw.sequence);
+    if (up->step() != SQLITE_DONE) return db->last_error("rewrite event");
+  }
+  if (change.snapshot) {
+    auto st = db->prepare(
+        "INSERT OR REPLACE INTO snapshots (aggregate_id, sequence_number, aggregate_type, data, created_at) VALUES (?, ?, ?, ?, ?)");
+    if (!st) return std::move(st).error();
+    const auto text = json::serialize(change.snapshot->second);
+    st->bind(1, std::string_view(change.aggregate_id)).bind(2, change.snapshot->first).bind(3, std::string_view(type));
+    st->bind(4, std::string_view(text)).bind(5, now);
+    if (st->step() != SQLITE_DONE) return db->last_error("create snapshot");
+    out.snapshots_created = 1;
+  }
+  if (change.keep_snapshots > 0) {
+    auto st = db->prepare(
+        "DELETE FROM snapshots WHERE aggregate_id = ?1 AND sequence_number NOT IN (SELECT sequence_number FROM snapshots "
+        "WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT ?2)");
+    if (!st) return std::move(st).error();
+    st->bind(1, std::string_view(change.aggregate_id)).bind(2, change.keep_snapshots);
+    if (st->step() != SQLITE_DONE) return db->last_error("prune snapshots");
+  }
+  out.ranges = compaction_ranges(change);
+  for (const auto& r : out.ranges) {
+    auto st = db->prepare("INSERT INTO compacted_ranges (aggregate_id, compaction_id, from_seq, to_seq) VALUES (?, ?, ?, ?)");
+    if (!st) return std::move(st).error();
+    st->bind(1, std::string_view(change.aggregate_id)).bind(2, std::string_view(change.compaction_id)).bind(3, r.from).bind(4, r.to);
+    if (st->step() != SQLITE_DONE) return db->last_error("record compacted range");
+  }
+  auto after = measure(*db, change.aggregate_id);
+  if (!after) return std::move(after).error();
+  out.events_after = after->first;
+  out.bytes_after = after->second;
+  {
+    auto st = db->prepare("UPDATE aggregates SET event_count = ? WHERE aggregate_id = ?");
+    if (!st) return std::move(st).error();
+    st->bind(1, out.events_after).bind(2, std::string_view(change.aggregate_id));
+    if (st->step() != SQLITE_DONE) return db->last_error("update aggregate");
+  }
+  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
+  committed = true;
+  return out;
+}
+
+result<std::vector<archived_event>> sqlite_store::list_archived(std::string_view aggregate_id,
+                                                                std::optional<std::string> compaction_id,
+                                                                log_position after, std::size_t limit) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + archive_columns +
+                        ", compaction_id, archived_at FROM event_archive WHERE aggregate_id = ?1 AND position > ?2 "
+                        "AND (?3 IS NULL OR compaction_id = ?3) ORDER BY position, seq LIMIT ?4");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id).bind(2, after.value).bind(3, compaction_id).bind(4, static_cast<std::int64_t>(limit));
+  std::vector<archived_event> out;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    auto e = row_to_event(*st);
+    if (!e) return std::move(e).error();
+    out.push_back(archived_event{std::move(*e), std::string(st->text(12)), from_micros(st->int64(13))});
+  }
+  if (rc != SQLITE_DONE) return db->last_error("list archive");
+  return out;
+}
+
+result<std::int64_t> sqlite_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+  auto db = impl_->reader();
+  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
+  bool committed = false;
+  struct end_txn {
+    connection& c;
+    bool& done;
+    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
+  } guard{*db, committed};
+  // Newest archive rows first, so that when one event was archived by several compactions
+  // (merged twice), the oldest original is written last and wins.
+  auto put = db->prepare(std::string("INSERT OR REPLACE INTO events (") + archive_columns + ") SELECT " + archive_columns +
+                         " FROM event_archive WHERE aggregate_id = ?1 AND (?2 IS NULL OR compaction_id = ?2) ORDER BY seq DESC");
+  if (!put) return std::move(put).error();
+  put->bind(1, aggregate_id).bind(2, compaction_id);
+  if (put->step() != SQLITE_DONE) return db->last_error("restore events");
+  auto del = db->prepare("DELETE FROM event_archive WHERE aggregate_id = ?1 AND (?2 IS NULL OR compaction_id = ?2)");
+  if (!del) return std::move(del).error();
+  del->bind(1, aggregate_id).bind(2, compaction_id);
+  if (del->step() != SQLITE_DONE) return db->last_error("restore events");
+  const std::int64_t restored = sqlite3_changes(db->handle());
+  auto rg = db->prepare("DELETE FROM compacted_ranges WHERE aggregate_id = ?1 AND (?2 IS NULL OR compaction_id = ?2)");
+  if (!rg) return std::move(rg).error();
+  rg->bind(1, aggregate_id).bind(2, compaction_id);
+  if (rg->step() != SQLITE_DONE) return db->last_error("restore ranges");
+  auto up = db->prepare(
+      "UPDATE aggregates SET event_count = (SELECT COUNT(*) FROM events WHERE aggregate_id = ?1) WHERE aggregate_id = ?1");
+  if (!up) return std::move(up).error();
+  up->bind(1, aggregate_id);
+  if (up->step() != SQLITE_DONE) return db->last_error("restore count");
+  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
+  committed = true;
+  return restored;
 }
 
 }  // namespace pliers

@@ -1,0 +1,186 @@
+// pliers-replay-bench: replay and projection throughput on the embedded SQLite store
+// (docs/benchmarks.md, "Replay and projections").
+//   1. replayToState of one aggregate with --aggregate-events events through a Lua reducer,
+//      without a snapshot, then with a snapshot 1,000 events before the head;
+//   2. a projection rebuild over --log-events events (1,000 aggregates, 4 event types)
+//      through a Lua projector that keeps counts and totals per type and per aggregate type:
+//      pages read from the store by a reader thread, folded by the Lua thread.
+// Run: build/<preset>/pliers-replay-bench [--log-events N] [--aggregate-events N] [--dir D]
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "ops/lua_projector.hpp"
+#include "ops/replay.hpp"
+#include "store/event_store.hpp"
+
+using namespace pliers;
+namespace json = boost::json;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+
+void fill(event_store& store, const std::string& aggregate, int count, int aggregates) {
+  const char* types[] = {"order.placed", "order.paid", "order.shipped", "order.note_added"};
+  std::vector<append_request> batch;
+  int written = 0;
+  while (written < count) {
+    std::vector<append_request> reqs;
+    for (int a = 0; a < aggregates && written < count; ++a) {
+      append_request r{aggregates == 1 ? aggregate : aggregate + "-" + std::to_string(a), std::nullopt, {}};
+      for (int i = 0; i < 10 && written < count; ++i, ++written) {
+        new_event e;
+        e.type = types[written % 4];
+        e.aggregate_type = "order";
+        e.metadata = {{"sourceSystem", "bench"}, {"sourceVersion", "1"}, {"userId", "u-" + std::to_string(written % 97)}};
+        e.payload = {{"amount", written % 1000}, {"sku", "SKU-" + std::to_string(written % 5000)},
+                     {"note", "a typical short text field of the order"}, {"qty", 1 + written % 7}};
+        r.events.push_back(std::move(e));
+      }
+      reqs.push_back(std::move(r));
+      if (reqs.size() >= 100) {
+        for (auto& rq : reqs)
+          if (auto x = store.append(std::move(rq)); !x) throw std::runtime_error(x.error().message);
+        reqs.clear();
+      }
+    }
+    for (auto& rq : reqs)
+      if (auto x = store.append(std::move(rq)); !x) throw std::runtime_error(x.error().message);
+  }
+}
+
+constexpr const char* reducer_lua = R"lua(
+initial_state = {count = 0, total = 0, shipped = 0}
+function reduce(s, e)
+  s.count = s.count + 1
+  s.total = s.total + (e.payload.amount or 0)
+  if e.type == "order.shipped" then s.shipped = s.shipped + 1 end
+  return s
+end
+)lua";
+
+constexpr const char* projector_lua = R"lua(
+initial_state = {byType = {}, byAggregate = {}, events = 0}
+local function bump(s, e)
+  s.events = s.events + 1
+  local t = s.byType[e.type]
+  if not t then t = {count = 0, amount = 0}; s.byType[e.type] = t end
+  t.count = t.count + 1
+  t.amount = t.amount + e.payload.amount
+  s.byAggregate[e.aggregateId] = (s.byAggregate[e.aggregateId] or 0) + 1
+end
+handlers = {
+  ["order.placed"] = function(s, e) bump(s, e) end,
+  ["*"] = function(s, e) bump(s, e) end,
+}
+)lua";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pliers-replay-bench"};
+  int log_events = 1'000'000, aggregate_events = 100'000;
+  std::string dir = std::filesystem::temp_directory_path().string();
+  app.add_option("--log-events", log_events);
+  app.add_option("--aggregate-events", aggregate_events);
+  app.add_option("--dir", dir);
+  CLI11_PARSE(app, argc, argv);
+  auto work = std::filesystem::path(dir) / ("pliers-replay-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(work);
+  store_options o;
+  o.unsafe_no_fsync = true;  // the fill only; reads do not depend on it
+  auto store = open_store("sqlite:" + (work / "events.db").string(), o).value();
+
+  auto t0 = clk::now();
+  fill(*store, "big-order", aggregate_events, 1);
+  std::printf("fill: %d events in one aggregate in %.1f s\n", aggregate_events, seconds_since(t0));
+  event_replay replay(*store);
+  for (int with_snapshot = 0; with_snapshot < 2; ++with_snapshot) {
+    if (with_snapshot) {
+      // A snapshot 1,000 events before the head, holding the true state there.
+      auto p = lua_projector::create(reducer_lua).value();
+      (void)p->start(json::value());
+      std::int64_t at = aggregate_events - 1000;
+      (void)replay.for_each_page("big-order", 1, at, [&](std::span<const event> pg) { return p->apply(pg); });
+      (void)store->create_snapshot("big-order", at, p->state().value().as_object());
+    }
+    double best = 1e9;
+    replay_state_result last;
+    for (int run = 0; run < 3; ++run) {
+      auto p = lua_projector::create(reducer_lua).value();
+      auto t = clk::now();
+      auto r = replay.replay_to_state("big-order", json::value(), *p, true);
+      best = std::min(best, seconds_since(t));
+      if (!r) {
+        std::fprintf(stderr, "replay failed: %s\n", r.error().message.c_str());
+        return 1;
+      }
+      last = *r;
+    }
+    std::printf("replayToState %d events, %s: %.2f ms (best of 3), %lld events applied, state %s\n", aggregate_events,
+                with_snapshot ? "snapshot at head-1000" : "no snapshot", best * 1000,
+                static_cast<long long>(last.events_applied), json::serialize(last.state).c_str());
+  }
+
+  t0 = clk::now();
+  fill(*store, "order", log_events - aggregate_events, 1000);
+  std::printf("fill: %d more events over 1000 aggregates in %.1f s (log head %lld)\n", log_events - aggregate_events,
+              seconds_since(t0), static_cast<long long>(store->head().value));
+
+  for (int run = 0; run < 3; ++run) {
+    auto p = lua_projector::create(projector_lua).value();
+    (void)p->start(json::value());
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<std::vector<event>> pages;
+    bool done = false;
+    auto t = clk::now();
+    std::thread reader([&] {
+      log_position after{};
+      while (true) {
+        auto page = store->read_all(after, 2000);
+        if (!page || page->empty()) break;
+        after = page->back().position;
+        std::unique_lock lock(m);
+        cv.wait(lock, [&] { return pages.size() < 8; });
+        pages.push_back(std::move(*page));
+        cv.notify_all();
+      }
+      std::lock_guard lock(m);
+      done = true;
+      cv.notify_all();
+    });
+    std::int64_t n = 0;
+    while (true) {
+      std::vector<event> page;
+      {
+        std::unique_lock lock(m);
+        cv.wait(lock, [&] { return !pages.empty() || done; });
+        if (pages.empty()) break;
+        page = std::move(pages.front());
+        pages.pop_front();
+        cv.notify_all();
+      }
+      if (auto r = p->apply(page); !r) {
+        std::fprintf(stderr, "projection failed: %s\n", r.error().message.c_str());
+        return 1;
+      }
+      n += static_cast<std::int64_t>(page.size());
+    }
+    reader.join();
+    const double s = seconds_since(t);
+    auto st = p->state().value();
+    std::printf("projection rebuild (Lua projector, SQLite): %lld events in %.2f s = %.0f events/s (state.events=%s)\n",
+                static_cast<long long>(n), s, static_cast<double>(n) / s, json::serialize(st.at("events")).c_str());
+  }
+  std::filesystem::remove_all(work);
+  return 0;
+}

@@ -1,0 +1,39 @@
+// Runs the router from a durable subscription: the consumer group "pliers.routes"
+// (bus/consumer_group.hpp), so every node takes a share of the aggregates, each event is
+// routed at least once (a restart resumes from the stored checkpoint) and one aggregate's
+// events are routed in order. A batch's failed deliveries are filed with the retry engine
+// before its checkpoint moves; when they cannot be (the store is down) the batch runs
+// again. Also keeps the rules current with lifecycle events other nodes append.
+// Lifecycle: starts in the constructor, stops in the destructor.
+#pragma once
+
+#include <memory>
+
+#include "bus/consumer_group.hpp"
+#include "bus/event_bus.hpp"
+#include "process/event_router.hpp"
+
+namespace pliers {
+
+class route_processor {
+ public:
+  struct options {
+    int partitions = 8;
+    std::size_t batch = 500;
+    std::chrono::milliseconds lease{10000};
+    subscription_start start = subscription_start::now();  // where a new group begins
+    std::function<void(const std::string&)> on_error;      // a batch whose failures could not be filed
+  };
+  route_processor(event_store& store, log_tailer& tailer, event_bus& bus, const clock& clk, event_router& router,
+                  std::string member, options opts);
+  ~route_processor();
+
+  std::uint64_t processed() const { return member_ ? member_->processed() : 0; }
+
+ private:
+  event_router& router_;
+  std::shared_ptr<subscription> lifecycle_;
+  std::unique_ptr<consumer_group_member> member_;
+};
+
+}  // namespace pliers
