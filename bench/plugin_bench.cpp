@@ -131,6 +131,8 @@ int main(int argc, char** argv) {
   app.add_option("--events", events, "events in the log")->capture_default_str();
   app.add_option("--dir", dir, "where the temporary SQLite files go")->capture_default_str();
   app.add_flag("!--no-remote", with_remote, "skip the chain with the remote plugin");
+  int only = 0;
+  app.add_option("--only", only, "run only scenario N (1-based)");
   CLI11_PARSE(app, argc, argv);
   pliers::bench::loopback_endpoint endpoint;
   struct scenario {
@@ -143,6 +145,7 @@ int main(int argc, char** argv) {
                                      {"native only", false, false, true, events}};
   if (with_remote) scenarios.push_back({"native + Lua + remote (loopback HTTP)", true, true, true, std::max(events / 5, 1000)});
   std::cout << "| chain | events | seconds | events/s | failures |\n|---|---:|---:|---:|---:|\n";
+  if (only > 0 && only <= static_cast<int>(scenarios.size())) scenarios = {scenarios[static_cast<std::size_t>(only - 1)]};
   for (const auto& s : scenarios) {
     const fs::path work = fs::path(dir) / ("pliers-plugin-bench-" + new_uuid_v4().substr(0, 8));
     fs::create_directories(work);

@@ -92,15 +92,22 @@ int main(int argc, char** argv) {
   app.add_option("--log-events", log_events);
   app.add_option("--aggregate-events", aggregate_events);
   app.add_option("--dir", dir);
+  std::string keep;
+  app.add_option("--keep", keep, "directory holding the filled store: reused when present (for profiling the rebuild)");
+  bool rebuild_only = false;
+  app.add_flag("--rebuild-only", rebuild_only, "with --keep: only the projection rebuild");
   CLI11_PARSE(app, argc, argv);
-  auto work = std::filesystem::path(dir) / ("pliers-replay-bench-" + std::to_string(::getpid()));
+  auto work = keep.empty() ? std::filesystem::path(dir) / ("pliers-replay-bench-" + std::to_string(::getpid()))
+                           : std::filesystem::path(keep);
+  const bool reuse = !keep.empty() && std::filesystem::exists(work / "events.db");
   std::filesystem::create_directories(work);
   store_options o;
   o.unsafe_no_fsync = true;  // the fill only; reads do not depend on it
   auto store = open_store("sqlite:" + (work / "events.db").string(), o).value();
-
+  if (reuse) std::printf("reusing %s (log head %lld)\n", work.c_str(), static_cast<long long>(store->head().value));
+  if (!(reuse && rebuild_only)) {
   auto t0 = clk::now();
-  fill(*store, "big-order", aggregate_events, 1);
+  if (!reuse) fill(*store, "big-order", aggregate_events, 1);
   std::printf("fill: %d events in one aggregate in %.1f s\n", aggregate_events, seconds_since(t0));
   event_replay replay(*store);
   for (int with_snapshot = 0; with_snapshot < 2; ++with_snapshot) {
@@ -130,10 +137,13 @@ int main(int argc, char** argv) {
                 static_cast<long long>(last.events_applied), json::serialize(last.state).c_str());
   }
 
+  if (!reuse) {
   t0 = clk::now();
   fill(*store, "order", log_events - aggregate_events, 1000);
   std::printf("fill: %d more events over 1000 aggregates in %.1f s (log head %lld)\n", log_events - aggregate_events,
               seconds_since(t0), static_cast<long long>(store->head().value));
+  }
+  }
 
   for (int run = 0; run < 3; ++run) {
     auto p = lua_projector::create(projector_lua).value();
@@ -181,6 +191,6 @@ int main(int argc, char** argv) {
     std::printf("projection rebuild (Lua projector, SQLite): %lld events in %.2f s = %.0f events/s (state.events=%s)\n",
                 static_cast<long long>(n), s, static_cast<double>(n) / s, json::serialize(st.at("events")).c_str());
   }
-  std::filesystem::remove_all(work);
+  if (keep.empty()) std::filesystem::remove_all(work);
   return 0;
 }

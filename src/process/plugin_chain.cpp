@@ -742,13 +742,17 @@ retry_engine::attempt_outcome failed_outcome(std::string type, std::string messa
 }  // namespace
 
 retry_engine::attempt_outcome plugin_chain::retry(const dead_letter& d, std::int64_t attempt) {
-  const auto id = d.consumer.substr(d.consumer.find(':') + 1);
+  return run_plugin(std::string_view(d.consumer).substr(d.consumer.find(':') + 1), d.original_event, attempt);
+}
+
+retry_engine::attempt_outcome plugin_chain::run_plugin(std::string_view plugin_id, const event& e, std::int64_t attempt) {
+  const std::string id(plugin_id);
   auto en = find(id);
   if (!en) return failed_outcome("plugin_not_found", "plugin '" + id + "' is not registered");
   if (!en->enabled.load()) return failed_outcome("plugin_disabled", "plugin '" + id + "' is disabled");
-  auto r = run_one(en, d.original_event, {}, attempt);
+  auto r = run_one(en, e, {}, attempt);
   effects fx;
-  collect(d.original_event, en, r, attempt, fx);
+  collect(e, en, r, attempt, fx);
   for (auto& [pid, req] : fx.lifecycle) fx.appends.push_back(std::move(req));
   if (!fx.appends.empty()) {
     auto stored = store_.append_group(fx.appends);

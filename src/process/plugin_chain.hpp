@@ -106,6 +106,9 @@ class plugin_chain {
 
   // The retry engine's handler for "plugin:<id>" entries.
   retry_engine::attempt_outcome retry(const dead_letter& entry, std::int64_t attempt);
+  // Runs one plugin alone on an event and stores its effects (a routing rule's plugin
+  // target; retries). No previous results; failures are the caller's to file.
+  retry_engine::attempt_outcome run_plugin(std::string_view plugin_id, const event& e, std::int64_t attempt);
 
   static bool is_lifecycle(const event& e) { return e.aggregate_type == "plugin"; }
 

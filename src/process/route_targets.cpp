@@ -577,12 +577,9 @@ class plugin_target final : public route_target {
   std::string kind() const override { return "plugin"; }
   std::chrono::milliseconds timeout() const override { return timeout_; }
   delivery_outcome deliver(const event& e, const delivery_context& ctx) override {
-    // The chain's own single-plugin run (its retry handler): runs the plugin with its
-    // timeout and stores its effects (generated events, plugin.executed / .failed).
-    dead_letter d;
-    d.original_event = e;
-    d.consumer = "plugin:" + id_;
-    auto r = chain_.retry(d, ctx.attempt);
+    // The chain's single-plugin run: the plugin with its timeout, its effects stored
+    // (generated events, plugin.executed / .failed).
+    auto r = chain_.run_plugin(id_, e, ctx.attempt);
     if (r.success) return ok("plugin " + id_);
     delivery_outcome out;
     out.error = std::move(r.error);
