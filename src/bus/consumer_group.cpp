@@ -13,7 +13,7 @@ int consumer_group_member::partition_of(std::string_view aggregate_id, int parti
 consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                                              std::string member, event_filter filter, handler h, options opts)
     : consumer_group_member(store, tailer, clk, std::move(group), std::move(member), std::move(filter),
-                            batch_handler([this, h = std::move(h)](std::span<const event* const> batch) {
+                            async_batch_handler([this, h = std::move(h)](std::span<const event* const> batch) {
                               for (const event* e : batch) {
                                 try {
                                   h(*e);
@@ -22,16 +22,26 @@ consumer_group_member::consumer_group_member(event_store& store, log_tailer& tai
                                   ++failures_;  // per-event handlers: counted, skipped
                                 }
                               }
+                              return std::function<void()>([] {});
                             }),
                             opts, true) {}
 
 consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                                              std::string member, event_filter filter, batch_handler h, options opts)
+    : consumer_group_member(store, tailer, clk, std::move(group), std::move(member), std::move(filter),
+                            async_batch_handler([h = std::move(h)](std::span<const event* const> batch) {
+                              h(batch);  // done when it returns
+                              return std::function<void()>([] {});
+                            }),
+                            opts, false) {}
+
+consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
+                                             std::string member, event_filter filter, async_batch_handler h, options opts)
     : consumer_group_member(store, tailer, clk, std::move(group), std::move(member), std::move(filter), std::move(h),
                             opts, false) {}
 
 consumer_group_member::consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
-                                             std::string member, event_filter filter, batch_handler h, options opts,
+                                             std::string member, event_filter filter, async_batch_handler h, options opts,
                                              bool counts_itself)
     : counts_itself_(counts_itself), store_(store), tailer_(tailer), clock_(clk), group_(std::move(group)), member_(std::move(member)),
       filter_(std::move(filter)), handler_(std::move(h)), opts_(opts) {
@@ -66,6 +76,8 @@ std::vector<int> consumer_group_member::owned_partitions() const {
 }
 
 void consumer_group_member::sync() {
+  // Release and hand-over decisions use the positions in owned_: make them durable first.
+  (void)finish_pending();
   auto start = opts_.start.resolve(store_, tailer_);
   if (!start) return;
   auto view = store_.group_sync(group_, member_, opts_.partitions, *start, clock_.now(), opts_.lease);
@@ -101,6 +113,31 @@ void consumer_group_member::sync() {
   owned_ = std::move(owned);
 }
 
+bool consumer_group_member::finish_pending() {
+  if (!pending_) return true;
+  auto p = std::move(*pending_);
+  pending_.reset();
+  try {
+    p.wait();
+  } catch (...) {
+    // Not durable: back to the last durable checkpoint; the work after it comes again.
+    ++failures_;
+    retry_at_ = std::chrono::steady_clock::now() + opts_.retry_delay;
+    std::lock_guard lock(mutex_);
+    for (int partition : p.partitions)
+      if (owned_.count(partition)) owned_[partition] = p.from;
+    return false;
+  }
+  for (int partition : p.partitions) {
+    auto kept = store_.group_checkpoint(group_, partition, member_, p.last);
+    if (kept && !*kept) {
+      std::lock_guard lock(mutex_);
+      owned_.erase(partition);  // lost the lease: stop at once
+    }
+  }
+  return true;
+}
+
 bool consumer_group_member::process() {
   if (std::chrono::steady_clock::now() < retry_at_) return false;
   std::map<int, log_position> owned;
@@ -108,7 +145,7 @@ bool consumer_group_member::process() {
     std::lock_guard lock(mutex_);
     owned = owned_;
   }
-  // Partitions standing at the same checkpoint share one read and one handler call (the
+  // Partitions standing at the same position share one read and one handler call (the
   // usual case once caught up).
   std::map<std::int64_t, std::vector<int>> by_position;
   for (const auto& [partition, position] : owned) by_position[position.value].push_back(partition);
@@ -118,38 +155,57 @@ bool consumer_group_member::process() {
     auto batch = tailer_.read_after(log_position(from), opts_.batch);
     if (!batch || batch->empty()) continue;
     worked = true;
+    // At most one batch in flight, and only for these partitions.
+    if (pending_ && pending_->partitions != partitions && !finish_pending()) return false;
     std::vector<bool> mine(static_cast<std::size_t>(opts_.partitions), false);
     for (int p : partitions) mine[static_cast<std::size_t>(p)] = true;
     matching.clear();
     for (const auto& e : *batch)
       if (mine[static_cast<std::size_t>(partition_of(e->aggregate_id, opts_.partitions))] && filter_.matches(*e))
         matching.push_back(e.get());
+    std::function<void()> wait = [] {};
     if (!matching.empty()) {
       try {
-        handler_(matching);
+        wait = handler_(matching);
         if (!counts_itself_) processed_ += matching.size();
       } catch (...) {
-        ++failures_;  // nothing checkpointed: the batch comes again
+        (void)finish_pending();  // what came before may still be durable
+        ++failures_;             // this batch: nothing checkpointed, it comes again
         retry_at_ = std::chrono::steady_clock::now() + opts_.retry_delay;
         return false;
       }
     }
-    const log_position last = batch->back()->position;
-    for (int partition : partitions) {
-      auto kept = store_.group_checkpoint(group_, partition, member_, last);
-      std::lock_guard lock(mutex_);
-      if (kept && !*kept) owned_.erase(partition);  // lost the lease: stop at once
-      else if (owned_.count(partition)) owned_[partition] = last;
+    if (!finish_pending()) {
+      // The previous batch of these partitions failed and they were rewound: this one
+      // (started on top of it) is dropped too; whatever of it was stored is found again.
+      try {
+        wait();
+      } catch (...) {
+      }
+      return false;
     }
+    const log_position last = batch->back()->position;
+    {
+      std::lock_guard lock(mutex_);
+      for (int partition : partitions)
+        if (owned_.count(partition)) owned_[partition] = last;
+    }
+    pending_ = pending_batch{partitions, log_position(from), last, std::move(wait),
+                             std::make_shared<const std::vector<std::shared_ptr<const event>>>(std::move(*batch))};
   }
+  if (!worked) (void)finish_pending();  // idle: the checkpoints catch up
   return worked;
 }
 
 void consumer_group_member::run() {
   while (true) {
     {
-      std::lock_guard lock(mutex_);
-      if (stopping_) return;
+      std::unique_lock lock(mutex_);
+      if (stopping_) {
+        lock.unlock();
+        (void)finish_pending();
+        return;
+      }
     }
     if (std::chrono::steady_clock::now() >= next_sync_) {
       sync();

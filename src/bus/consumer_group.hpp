@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <optional>
 #include <span>
 #include <mutex>
 #include <thread>
@@ -41,11 +42,19 @@ class consumer_group_member {
   // checkpoints move only when it returns; when it throws they stay, and the batch comes
   // again after `retry_delay` (at-least-once for work that must not be skipped).
   using batch_handler = std::function<void(std::span<const event* const>)>;
+  // Pipelined: starts the batch's work and returns a function that waits until that work is
+  // durable (throwing when it failed). The member reads and starts the next batch before
+  // waiting on the previous one, so processing overlaps the store's commits; checkpoints
+  // still move only past work that is durable, in order, and a failure rewinds the
+  // partitions to the last durable checkpoint (the work after it comes again).
+  using async_batch_handler = std::function<std::function<void()>(std::span<const event* const>)>;
 
   consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                         std::string member, event_filter filter, handler h, options opts);
   consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
                         std::string member, event_filter filter, batch_handler h, options opts);
+  consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group,
+                        std::string member, event_filter filter, async_batch_handler h, options opts);
   ~consumer_group_member();
   consumer_group_member(const consumer_group_member&) = delete;
   consumer_group_member& operator=(const consumer_group_member&) = delete;
@@ -57,7 +66,17 @@ class consumer_group_member {
 
  private:
   consumer_group_member(event_store& store, log_tailer& tailer, const clock& clk, std::string group, std::string member,
-                        event_filter filter, batch_handler h, options opts, bool counts_itself);
+                        event_filter filter, async_batch_handler h, options opts, bool counts_itself);
+  // The batch started last whose work may not be durable yet (member thread only).
+  struct pending_batch {
+    std::vector<int> partitions;
+    log_position from, last;
+    std::function<void()> wait;
+    std::shared_ptr<const void> events;  // the batch's events stay alive until it is durable
+  };
+  // Waits for the pending batch; checkpoints its partitions on success, rewinds them on
+  // failure. False when it failed.
+  bool finish_pending();
   const bool counts_itself_;  // the per-event wrapper counts processed_ itself
   void run();
   void sync();
@@ -68,7 +87,8 @@ class consumer_group_member {
   const clock& clock_;
   const std::string group_, member_;
   const event_filter filter_;
-  const batch_handler handler_;
+  const async_batch_handler handler_;
+  std::optional<pending_batch> pending_;
   const options opts_;
   std::uint64_t listener_ = 0;
   mutable std::mutex mutex_;

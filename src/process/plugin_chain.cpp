@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <future>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -728,6 +729,43 @@ result<void> plugin_chain::process_batch(std::span<const event* const> events) {
     }
   }
   return store_effects(fx);
+}
+
+std::function<result<void>()> plugin_chain::process_batch_async(std::span<const event* const> events) {
+  auto fx = std::make_shared<effects>();
+  for (const event* e : events) {
+    if (is_lifecycle(*e)) continue;
+    auto r = execute(*e);
+    for (auto& res : r.results) {
+      auto en = find(res.plugin_id);
+      if (en) collect(*e, en, res, 1, *fx);
+    }
+  }
+  // Dead letters first (one per consumer and event: running this again adds none).
+  for (const auto& f : fx->failures) {
+    auto filed = retries_.record_failure(*f.trigger, f.consumer, f.error, f.policy, f.duration_ms);
+    if (!filed) return [err = std::move(filed).error()]() -> result<void> { return err; };
+  }
+  fx->failures.clear();
+  std::vector<append_request> all = fx->appends;  // kept in fx for the careful path below
+  for (const auto& [id, req] : fx->lifecycle)
+    if (!req.events.empty()) all.push_back(req);
+  if (all.empty()) return [] { return result<void>(); };
+  auto done = std::make_shared<std::promise<result<void>>>();
+  auto future = done->get_future().share();
+  store_.append_group_async(std::move(all), [done](result<std::vector<append_result>> r) {
+    if (r) done->set_value(result<void>());
+    else done->set_value(std::move(r).error());
+  });
+  return [this, fx, future]() -> result<void> {
+    auto r = future.get();
+    if (r) return r;
+    const auto code = r.error().code;
+    if (code != errc::invalid_argument && code != errc::conflict) return r;
+    // Refused (some of it stored before, or a plugin asked for what the store refuses):
+    // the careful path sorts it out append by append.
+    return store_effects(*fx);
+  };
 }
 
 namespace {

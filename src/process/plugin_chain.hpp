@@ -103,6 +103,10 @@ class plugin_chain {
   // The same for many events (a durable consumer's batch): every effect in one atomic
   // append. Events of aggregate type "plugin" are skipped.
   result<void> process_batch(std::span<const event* const> events);
+  // The same, pipelined: runs the chain and files dead letters now, starts the append, and
+  // returns a function that waits for it (and handles a refusal). The events must stay
+  // alive until that function has returned.
+  std::function<result<void>()> process_batch_async(std::span<const event* const> events);
 
   // The retry engine's handler for "plugin:<id>" entries.
   retry_engine::attempt_outcome retry(const dead_letter& entry, std::int64_t attempt);

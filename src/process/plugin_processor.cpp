@@ -14,15 +14,18 @@ plugin_processor::plugin_processor(event_store& store, log_tailer& tailer, event
   group_opts.start = opts.start;
   member_ = std::make_unique<consumer_group_member>(
       store, tailer, clk, "pliers.plugins", std::move(member), event_filter{},
-      consumer_group_member::batch_handler([this, on_error = opts.on_error](std::span<const event* const> batch) {
-        auto ok = chain_.process_batch(batch);
-        if (!ok) {
-          const std::string what = "plugin effects of " + std::to_string(batch.size()) +
-                                   " events not stored, the batch runs again: " +
-                                   (ok.error().field.empty() ? "" : ok.error().field + ": ") + ok.error().message;
-          if (on_error) on_error(what);
-          throw std::runtime_error(what);
-        }
+      consumer_group_member::async_batch_handler([this, on_error = opts.on_error](std::span<const event* const> batch) {
+        auto wait = chain_.process_batch_async(batch);
+        return std::function<void()>([wait = std::move(wait), on_error, n = batch.size()] {
+          auto ok = wait();
+          if (!ok) {
+            const std::string what = "plugin effects of " + std::to_string(n) +
+                                     " events not stored, the batch runs again: " +
+                                     (ok.error().field.empty() ? "" : ok.error().field + ": ") + ok.error().message;
+            if (on_error) on_error(what);
+            throw std::runtime_error(what);
+          }
+        });
       }),
       group_opts);
 }
