@@ -74,22 +74,6 @@ outcome run_chain(const fs::path& dir, int events, bool lua, bool remote, bool r
   auto st = open_store("sqlite:" + (dir / "events.db").string());
   if (!st) throw std::runtime_error(st.error().message);
   auto& store = **st;
-  // Fill the log: orders with a few lines each, 100 per append, 1,000 aggregates.
-  for (int i = 0; i < events; i += 100) {
-    std::vector<append_request> group;
-    for (int j = i; j < std::min(events, i + 100); ++j) {
-      new_event ne;
-      ne.type = "order.placed";
-      ne.aggregate_type = "order";
-      ne.metadata = {{"sourceSystem", "bench"}, {"sourceVersion", "1"}};
-      json::array lines;
-      for (int k = 0; k < 3; ++k) lines.push_back(json::object{{"sku", "SKU-" + std::to_string(k)}, {"qty", k + 1}, {"price", 250}});
-      ne.payload = {{"customer", "c-" + std::to_string(j % 97)}, {"lines", std::move(lines)}, {"n", j}};
-      group.push_back({"order-" + std::to_string(j % 1000), std::nullopt, {std::move(ne)}});
-    }
-    auto ok = store.append_group(std::move(group));
-    if (!ok) throw std::runtime_error(ok.error().message);
-  }
   retry_engine retries(store, default_clock(), {});
   plugin_chain chain(store, default_clock(), retries, make_plugin, plugin_chain::options{.record_executions = record});
   auto ok = chain.register_plugin(std::make_shared<summing_plugin>(), {"order.*"}, {});
@@ -105,6 +89,23 @@ outcome run_chain(const fs::path& dir, int events, bool lua, bool remote, bool r
     auto p = make_remote_plugin(info, {{"url", remote_url}}, 5s);
     if (!p) throw std::runtime_error(p.error().message);
     if (auto r = chain.register_plugin(*p, {"order.*"}, {}); !r) throw std::runtime_error(r.error().message);
+  }
+  // Fill the log after the registrations (a Lua or remote plugin runs on the events stored
+  // after it was registered): orders with a few lines each, 100 per append, 1,000 aggregates.
+  for (int i = 0; i < events; i += 100) {
+    std::vector<append_request> group;
+    for (int j = i; j < std::min(events, i + 100); ++j) {
+      new_event ne;
+      ne.type = "order.placed";
+      ne.aggregate_type = "order";
+      ne.metadata = {{"sourceSystem", "bench"}, {"sourceVersion", "1"}};
+      json::array lines;
+      for (int k = 0; k < 3; ++k) lines.push_back(json::object{{"sku", "SKU-" + std::to_string(k)}, {"qty", k + 1}, {"price", 250}});
+      ne.payload = {{"customer", "c-" + std::to_string(j % 97)}, {"lines", std::move(lines)}, {"n", j}};
+      group.push_back({"order-" + std::to_string(j % 1000), std::nullopt, {std::move(ne)}});
+    }
+    auto stored = store.append_group(std::move(group));
+    if (!stored) throw std::runtime_error(stored.error().message);
   }
   log_tailer tailer(store, log_tailer::options{});
   event_bus bus(store, tailer, 1);

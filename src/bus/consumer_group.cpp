@@ -78,6 +78,7 @@ std::vector<int> consumer_group_member::owned_partitions() const {
 void consumer_group_member::sync() {
   // Release and hand-over decisions use the positions in owned_: make them durable first.
   (void)finish_pending();
+  save_checkpoints();
   auto start = opts_.start.resolve(store_, tailer_);
   if (!start) return;
   auto view = store_.group_sync(group_, member_, opts_.partitions, *start, clock_.now(), opts_.lease);
@@ -128,14 +129,21 @@ bool consumer_group_member::finish_pending() {
       if (owned_.count(partition)) owned_[partition] = p.from;
     return false;
   }
-  for (int partition : p.partitions) {
-    auto kept = store_.group_checkpoint(group_, partition, member_, p.last);
+  for (int partition : p.partitions) unsaved_[partition] = p.last;
+  if (std::chrono::steady_clock::now() - last_save_ >= opts_.checkpoint_interval) save_checkpoints();
+  return true;
+}
+
+void consumer_group_member::save_checkpoints() {
+  for (const auto& [partition, position] : unsaved_) {
+    auto kept = store_.group_checkpoint(group_, partition, member_, position);
     if (kept && !*kept) {
       std::lock_guard lock(mutex_);
       owned_.erase(partition);  // lost the lease: stop at once
     }
   }
-  return true;
+  unsaved_.clear();
+  last_save_ = std::chrono::steady_clock::now();
 }
 
 bool consumer_group_member::process() {
@@ -193,7 +201,10 @@ bool consumer_group_member::process() {
     pending_ = pending_batch{partitions, log_position(from), last, std::move(wait),
                              std::make_shared<const std::vector<std::shared_ptr<const event>>>(std::move(*batch))};
   }
-  if (!worked) (void)finish_pending();  // idle: the checkpoints catch up
+  if (!worked) {  // idle: the checkpoints catch up
+    (void)finish_pending();
+    save_checkpoints();
+  }
   return worked;
 }
 
@@ -204,6 +215,7 @@ void consumer_group_member::run() {
       if (stopping_) {
         lock.unlock();
         (void)finish_pending();
+        save_checkpoints();
         return;
       }
     }

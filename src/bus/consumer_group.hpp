@@ -35,6 +35,10 @@ class consumer_group_member {
     std::size_t batch = 500;
     subscription_start start = subscription_start::beginning();  // where a new group begins
     std::chrono::milliseconds retry_delay{1000};  // after a batch handler threw
+    // Store checkpoints at most this often while busy (each is a write); they are always
+    // stored when the member goes idle, before partitions move and when it stops. A crash
+    // repeats at most this much work (delivery is at least once either way).
+    std::chrono::milliseconds checkpoint_interval{0};
   };
   // Per event: a handler that throws is counted and the event skipped.
   using handler = std::function<void(const event&)>;
@@ -77,6 +81,10 @@ class consumer_group_member {
   // Waits for the pending batch; checkpoints its partitions on success, rewinds them on
   // failure. False when it failed.
   bool finish_pending();
+  // Stores the checkpoints held back by checkpoint_interval.
+  void save_checkpoints();
+  std::map<int, log_position> unsaved_;  // member thread only
+  std::chrono::steady_clock::time_point last_save_{};
   const bool counts_itself_;  // the per-event wrapper counts processed_ itself
   void run();
   void sync();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <future>
+#include <limits>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -167,6 +168,10 @@ struct plugin_chain::entry {
   std::chrono::milliseconds timeout{};
   std::atomic<bool> enabled{true};
   std::atomic<std::uint64_t> executions{0}, failures{0};
+  // Runs on events after this position only: a Lua or remote plugin sees the events stored
+  // after its registration, even when older ones are delivered again (at-least-once). Native
+  // plugins, registered anew by their process at every start, see everything (0).
+  std::atomic<std::int64_t> registered_at{std::numeric_limits<std::int64_t>::max()};
 };
 
 namespace {
@@ -318,6 +323,7 @@ result<plugin_view> plugin_chain::register_plugin(std::shared_ptr<event_plugin> 
     chain_generation_.fetch_add(1);
     return std::move(ok).error();
   }
+  en->registered_at = en->kind == "native" ? 0 : applied_[info.id];
   try {
     en->plugin->on_enable();
   } catch (...) {
@@ -516,11 +522,16 @@ plugin_chain::run plugin_chain::execute(const event& e, std::int64_t attempt) {
   if (chain.empty()) return out;
   // Async plugins start first and run beside the chain (seeing no previous results: they
   // do not wait for it); their results come last.
+  // A stored event (position > 0) meets only the plugins registered before it; an example
+  // event (dry run, position 0) meets them all.
+  auto applies = [&](const std::shared_ptr<entry>& en) {
+    return e.position.value == 0 || en->registered_at.load(std::memory_order_relaxed) < e.position.value;
+  };
   std::vector<call> async_calls;
   for (const auto& en : chain)
-    if (en->options.async) async_calls.push_back(start(en, e, {}, attempt));
+    if (en->options.async && applies(en)) async_calls.push_back(start(en, e, {}, attempt));
   for (const auto& en : chain)
-    if (!en->options.async) out.results.push_back(run_one(en, e, out.results, attempt));
+    if (!en->options.async && applies(en)) out.results.push_back(run_one(en, e, out.results, attempt));
   for (auto& c : async_calls) out.results.push_back(finish(c));
   return out;
 }
@@ -879,6 +890,7 @@ void plugin_chain::apply_lifecycle(const event& e) {
     en->priority = en->options.priority.value_or(en->plugin->info().priority);
     en->timeout = en->options.timeout.value_or(opts_.default_timeout);
     if (const auto* on = e.payload.if_contains("enabled"); on && on->is_bool()) en->enabled = on->get_bool();
+    en->registered_at = e.position.value;
     std::unique_lock lock(mutex_);
     en->order = next_order_++;
     plugins_.emplace(id, std::move(en));

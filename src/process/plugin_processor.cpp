@@ -12,6 +12,7 @@ plugin_processor::plugin_processor(event_store& store, log_tailer& tailer, event
   group_opts.batch = opts.batch;
   group_opts.lease = opts.lease;
   group_opts.start = opts.start;
+  group_opts.checkpoint_interval = opts.checkpoint_interval;
   member_ = std::make_unique<consumer_group_member>(
       store, tailer, clk, "pliers.plugins", std::move(member), event_filter{},
       consumer_group_member::async_batch_handler([this, on_error = opts.on_error](std::span<const event* const> batch) {

@@ -24,6 +24,7 @@ class plugin_processor {
     std::chrono::milliseconds lease{10000};
     subscription_start start = subscription_start::now();  // where a new group begins
     std::function<void(const std::string&)> on_error;      // a batch whose effects could not be stored
+    std::chrono::milliseconds checkpoint_interval{250};    // consumer_group_member::options
   };
   plugin_processor(event_store& store, log_tailer& tailer, event_bus& bus, const clock& clk, plugin_chain& chain,
                    std::string member, options opts);
