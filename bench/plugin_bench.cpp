@@ -108,7 +108,6 @@ outcome run_chain(const fs::path& dir, int events, bool lua, bool remote, bool r
     if (!stored) throw std::runtime_error(stored.error().message);
   }
   log_tailer tailer(store, log_tailer::options{});
-  event_bus bus(store, tailer, 1);
   plugin_processor::options po;
   po.start = subscription_start::beginning();
   const auto n = static_cast<std::uint64_t>(events);
@@ -122,7 +121,7 @@ outcome run_chain(const fs::path& dir, int events, bool lua, bool remote, bool r
     return true;
   };
   const auto t0 = std::chrono::steady_clock::now();
-  plugin_processor proc(store, tailer, bus, default_clock(), chain, "bench", po);
+  plugin_processor proc(store, tailer, default_clock(), chain, "bench", po);
   while (!all_ran() || store.head().value < expected_head) std::this_thread::sleep_for(1ms);
   outcome o;
   o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -172,6 +172,7 @@ struct plugin_chain::entry {
   // after its registration, even when older ones are delivered again (at-least-once). Native
   // plugins, registered anew by their process at every start, see everything (0).
   std::atomic<std::int64_t> registered_at{std::numeric_limits<std::int64_t>::max()};
+  std::int64_t registration_position = 0;  // of its plugin.registered event
 };
 
 namespace {
@@ -323,7 +324,9 @@ result<plugin_view> plugin_chain::register_plugin(std::shared_ptr<event_plugin> 
     chain_generation_.fetch_add(1);
     return std::move(ok).error();
   }
-  en->registered_at = en->kind == "native" ? 0 : applied_[info.id];
+  en->registration_position = applied_[info.id];
+  en->registered_at = en->kind == "native" ? 0 : en->registration_position;
+  changed();
   try {
     en->plugin->on_enable();
   } catch (...) {
@@ -834,14 +837,43 @@ result<void> plugin_chain::load() {
   q.aggregate_types.push_back(lifecycle_aggregate_type);
   pagination page;
   page.limit = max_page_limit;
+  page.after = log_position(lifecycle_read_.load());
   while (true) {
     auto r = store_.query(q, page);
     if (!r) return std::move(r).error();
     for (const auto& e : r->events) apply_lifecycle(e);
-    if (!r->has_more || r->events.empty()) break;
+    if (r->events.empty()) break;
     page.after = r->events.back().position;
+    lifecycle_read_.store(page.after.value);
+    if (!r->has_more) break;
   }
   return {};
+}
+
+bool plugin_chain::empty() const {
+  std::shared_lock lock(mutex_);
+  return plugins_.empty();
+}
+
+log_position plugin_chain::first_registration() const {
+  std::shared_lock lock(mutex_);
+  std::int64_t first = std::numeric_limits<std::int64_t>::max();
+  for (const auto& [id, en] : plugins_) first = std::min(first, en->registration_position);
+  return log_position(plugins_.empty() ? 0 : first);
+}
+
+void plugin_chain::set_on_change(std::function<void()> f) {
+  std::lock_guard lock(on_change_mutex_);
+  on_change_ = std::move(f);
+}
+
+void plugin_chain::changed() {
+  std::function<void()> f;
+  {
+    std::lock_guard lock(on_change_mutex_);
+    f = on_change_;
+  }
+  if (f) f();
 }
 
 void plugin_chain::apply_lifecycle(const event& e) {
@@ -891,10 +923,14 @@ void plugin_chain::apply_lifecycle(const event& e) {
     en->timeout = en->options.timeout.value_or(opts_.default_timeout);
     if (const auto* on = e.payload.if_contains("enabled"); on && on->is_bool()) en->enabled = on->get_bool();
     en->registered_at = e.position.value;
-    std::unique_lock lock(mutex_);
-    en->order = next_order_++;
-    plugins_.emplace(id, std::move(en));
-    chain_generation_.fetch_add(1);
+    en->registration_position = e.position.value;
+    {
+      std::unique_lock lock(mutex_);
+      en->order = next_order_++;
+      plugins_.emplace(id, std::move(en));
+      chain_generation_.fetch_add(1);
+    }
+    changed();
   } else if (e.type == "plugin.unregistered") {
     std::unique_lock lock(mutex_);
     plugins_.erase(id);

@@ -85,10 +85,16 @@ class plugin_chain {
   // getPluginsForEvent: enabled plugins matching the type, in chain order.
   std::vector<std::shared_ptr<event_plugin>> plugins_for_event(std::string_view type) const;
 
-  // Rebuilds the registry from the log's plugin lifecycle events (start-up), and applies
-  // one that another node appended (live).
+  // Reads the log's plugin lifecycle events not read before and applies them: at start-up
+  // it rebuilds the registry; called again (plugin_processor polls) it picks up what other
+  // nodes registered. apply_lifecycle applies one event (idempotent, ignores old ones).
   result<void> load();
   void apply_lifecycle(const event& e);
+  bool empty() const;
+  // The position of the earliest plugin.registered among the registered plugins.
+  log_position first_registration() const;
+  // Called (from the thread that made it) after a plugin was added to the registry.
+  void set_on_change(std::function<void()> f);
 
   // The results of running the chain on one event, before any effect is stored.
   struct run {
@@ -172,6 +178,10 @@ class plugin_chain {
   mutable std::mutex cache_mutex_;
   mutable std::uint64_t cache_generation_ = 0;  // GUARDED_BY(cache_mutex_)
   mutable std::map<std::string, std::vector<std::shared_ptr<entry>>, std::less<>> chain_cache_;  // GUARDED_BY(cache_mutex_)
+  void changed();
+  std::atomic<std::int64_t> lifecycle_read_{0};  // load() has read the lifecycle events up to here
+  std::mutex on_change_mutex_;
+  std::function<void()> on_change_;  // GUARDED_BY(on_change_mutex_)
   // Serializes registry changes made here with those read from the log.
   std::mutex lifecycle_mutex_;
   std::map<std::string, std::int64_t, std::less<>> applied_;  // GUARDED_BY(lifecycle_mutex_): last lifecycle position per plugin

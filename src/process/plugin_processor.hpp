@@ -4,7 +4,10 @@
 // stored checkpoint), and one aggregate's events are processed in order. A batch's effects
 // (generated events, lifecycle events, dead-letter entries) are stored before its
 // checkpoint moves; when they cannot be (the store is down) the batch runs again.
-// Also keeps the registry current with lifecycle events other nodes append.
+// Also keeps the registry current with the lifecycle events other nodes append (an indexed
+// query every `lifecycle_poll`). The consumer starts when the registry first holds a
+// plugin: a node without plugins neither reads the log nor writes checkpoints (nor keeps
+// the log tailer following every commit).
 // Lifecycle: starts in the constructor, stops in the destructor.
 #pragma once
 
@@ -12,6 +15,10 @@
 
 #include "bus/consumer_group.hpp"
 #include "bus/event_bus.hpp"
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include "process/plugin_chain.hpp"
 
 namespace pliers {
@@ -22,21 +29,35 @@ class plugin_processor {
     int partitions = 8;
     std::size_t batch = 1000;
     std::chrono::milliseconds lease{10000};
-    subscription_start start = subscription_start::now();  // where a new group begins
+    // Where a new group begins; `now` means just before the first plugin's registration, so
+    // that nothing stored after a registration is missed while the consumer starts.
+    subscription_start start = subscription_start::now();
     std::function<void(const std::string&)> on_error;      // a batch whose effects could not be stored
     std::chrono::milliseconds checkpoint_interval{250};    // consumer_group_member::options
+    std::chrono::milliseconds lifecycle_poll{1000};
   };
-  plugin_processor(event_store& store, log_tailer& tailer, event_bus& bus, const clock& clk, plugin_chain& chain,
-                   std::string member, options opts);
+  plugin_processor(event_store& store, log_tailer& tailer, const clock& clk, plugin_chain& chain, std::string member,
+                   options opts);
   ~plugin_processor();
 
-  std::uint64_t processed() const { return member_ ? member_->processed() : 0; }
-  std::uint64_t batch_failures() const { return member_ ? member_->handler_failures() : 0; }
+  std::uint64_t processed() const;
+  std::uint64_t batch_failures() const;
 
  private:
+  void watch();
+  void ensure_member();  // called with mutex_ held
+
+  event_store& store_;
+  log_tailer& tailer_;
+  const clock& clock_;
   plugin_chain& chain_;
-  std::shared_ptr<subscription> lifecycle_;
-  std::unique_ptr<consumer_group_member> member_;
+  const std::string name_;
+  const options opts_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stopping_ = false, poke_ = false;            // GUARDED_BY(mutex_)
+  std::unique_ptr<consumer_group_member> member_;  // GUARDED_BY(mutex_)
+  std::thread watcher_;
 };
 
 }  // namespace pliers

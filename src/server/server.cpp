@@ -228,9 +228,8 @@ struct http_server::impl {
     }
     char host[256] = {};
     gethostname(host, sizeof host - 1);
-    bus = std::make_unique<event_bus>(store, tailer, 1);
     processor = std::make_unique<plugin_processor>(
-        store, tailer, *bus, default_clock(), chain, std::string(host) + ":" + std::to_string(getpid()),
+        store, tailer, default_clock(), chain, std::string(host) + ":" + std::to_string(getpid()),
         plugin_processor::options{.partitions = cfg.plugin_partitions,
                                   .lease = cfg.plugin_lease,
                                   .on_error = [](const std::string& what) { log::warn("plugins", {{"error", what}}); }});

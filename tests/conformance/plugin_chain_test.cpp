@@ -565,19 +565,18 @@ TEST_P(PluginChain, TheDurableConsumerProcessesEveryEventAcrossRestarts) {
     ASSERT_TRUE(store_->append_group(std::move(group)));
   };
   log_tailer tailer(*store_, log_tailer::options{.poll_interval = 50ms});
-  event_bus bus(*store_, tailer, 1);
   plugin_processor::options po;
   po.start = subscription_start::beginning();
   add_jobs(300, 0);
   {
-    plugin_processor proc(*store_, tailer, bus, default_clock(), *chain_, "node-a", po);
+    plugin_processor proc(*store_, tailer, default_clock(), *chain_, "node-a", po);
     wait_for(300);
     add_jobs(200, 300);
     wait_for(500);
   }
   add_jobs(100, 500);  // while no processor runs
   {
-    plugin_processor proc(*store_, tailer, bus, default_clock(), *chain_, "node-a", po);
+    plugin_processor proc(*store_, tailer, default_clock(), *chain_, "node-a", po);
     wait_for(600);
   }
   std::lock_guard lock(m);

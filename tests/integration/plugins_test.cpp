@@ -218,6 +218,10 @@ TEST(Plugins, RemoteAndNativePluginsShareTheChain) {
   ASSERT_EQ(reg->status, 201) << reg->body;
   ASSERT_EQ(c->post("/v1/aggregates/form-r/events", append_body({event_json("form.created")}))->status, 201);
   auto noted = wait_for(*c, "/v1/events?type=remote.noted", [](const json::value& p) { return count_of(p) == 1; });
+  if (count_of(noted) != 1u) {
+    std::cerr << "DBG " << c->get("/v1/plugins")->body << "\n" << c->get("/v1/dead-letters")->body.substr(0, 800) << "\n"
+              << c->get("/v1/events?limit=20")->body.substr(0, 3000) << "\n";
+  }
   ASSERT_EQ(count_of(noted), 1u);
   auto executed = wait_for(*c, "/v1/events?type=plugin.executed", [](const json::value& p) { return count_of(p) == 2; });
   std::map<std::string, json::value> by_plugin;
