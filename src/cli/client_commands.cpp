@@ -421,4 +421,224 @@ void add_routing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, comman
   }
 }
 
+namespace {
+
+// An argument that is JSON text when it starts with '{' or '[', else a file to read (- = stdin).
+result<json::value> json_arg(const std::string& arg, const std::string& name) {
+  const std::string text = !arg.empty() && (arg[0] == '{' || arg[0] == '[') ? arg : read_input(arg);
+  boost::system::error_code ec;
+  auto v = json::parse(text, ec);
+  if (ec) return error::invalid(name, "not JSON: " + ec.message());
+  return v;
+}
+
+// Prints the `events` member of a 2xx answer as JSON lines.
+int print_event_lines(const result<http_response>& r) {
+  if (!r) return report(r.error());
+  if (r->status >= 300) return report(*r);
+  print_events(json::parse(r->body));
+  return 0;
+}
+
+}  // namespace
+
+// replay, compact, projections (issue 7, docs/replay.md).
+void add_ops_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out) {
+  auto c = std::make_shared<common>();
+  auto* replay = app.add_subcommand("replay", "Replay history: events, a time range, state through a Lua reducer");
+  replay->require_subcommand(1);
+  {
+    struct opts {
+      std::string aggregate;
+      std::optional<std::int64_t> from, to, limit;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = replay->add_subcommand("events", "An aggregate's live events (JSON lines) with from <= sequenceNumber <= to");
+    add_url(*sub, *c);
+    sub->add_option("aggregate", o->aggregate, "aggregate id")->required();
+    sub->add_option("--from", o->from, "first sequence number");
+    sub->add_option("--to", o->to, "last sequence number");
+    sub->add_option("--limit", o->limit, "at most this many events (default 10000, max 100000)");
+    out.emplace_back(sub, [=]() -> int {
+      json::object b{{"aggregateId", o->aggregate}};
+      if (o->from) b["fromSequence"] = *o->from;
+      if (o->to) b["toSequence"] = *o->to;
+      if (o->limit) b["limit"] = *o->limit;
+      return print_event_lines(call(*c, "POST", "/v1/replay/events", json::serialize(b)));
+    });
+  }
+  {
+    struct opts {
+      std::string from, to, filter;
+      std::optional<std::int64_t> limit;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = replay->add_subcommand("range", "Events with from <= timestamp <= to matching a filter (JSON lines)");
+    add_url(*sub, *c);
+    sub->add_option("--from", o->from, "RFC 3339")->required();
+    sub->add_option("--to", o->to, "RFC 3339")->required();
+    sub->add_option("--filter", o->filter, "EventFilter: JSON text or file");
+    sub->add_option("--limit", o->limit, "at most this many events (default 10000, max 100000)");
+    out.emplace_back(sub, [=]() -> int {
+      json::object b{{"from", o->from}, {"to", o->to}};
+      if (!o->filter.empty()) {
+        auto f = json_arg(o->filter, "--filter");
+        if (!f) return report(f.error());
+        b["filter"] = std::move(*f);
+      }
+      if (o->limit) b["limit"] = *o->limit;
+      return print_event_lines(call(*c, "POST", "/v1/replay/time-range", json::serialize(b)));
+    });
+  }
+  {
+    struct opts {
+      std::string aggregate, reducer, initial;
+      bool no_snapshot = false;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = replay->add_subcommand("state", "replayToState: fold an aggregate through a Lua reducer, from its latest snapshot");
+    add_url(*sub, *c);
+    sub->add_option("aggregate", o->aggregate, "aggregate id")->required();
+    sub->add_option("--reducer", o->reducer, "Lua file (or -) defining reduce(state, event) or handlers")->required();
+    sub->add_option("--initial", o->initial, "initial state: JSON text or file");
+    sub->add_flag("--no-snapshot", o->no_snapshot, "fold every live event, ignoring snapshots");
+    out.emplace_back(sub, [=]() -> int {
+      json::object b{{"aggregateId", o->aggregate}, {"reducer", read_input(o->reducer)}, {"useSnapshot", !o->no_snapshot}};
+      if (!o->initial.empty()) {
+        auto i = json_arg(o->initial, "--initial");
+        if (!i) return report(i.error());
+        b["initialState"] = std::move(*i);
+      }
+      return print_reply(call(*c, "POST", "/v1/replay/state", json::serialize(b)));
+    });
+  }
+  {
+    struct opts {
+      std::string projector, from, to, filter;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = replay->add_subcommand("project", "createProjection: fold the matching events through a Lua projector");
+    add_url(*sub, *c);
+    sub->add_option("--projector", o->projector, "Lua file (or -) defining handlers or reduce")->required();
+    sub->add_option("--from", o->from, "RFC 3339");
+    sub->add_option("--to", o->to, "RFC 3339");
+    sub->add_option("--filter", o->filter, "EventFilter: JSON text or file");
+    out.emplace_back(sub, [=]() -> int {
+      json::object b{{"projector", read_input(o->projector)}};
+      if (!o->from.empty()) b["from"] = o->from;
+      if (!o->to.empty()) b["to"] = o->to;
+      if (!o->filter.empty()) {
+        auto f = json_arg(o->filter, "--filter");
+        if (!f) return report(f.error());
+        b["filter"] = std::move(*f);
+      }
+      return print_reply(call(*c, "POST", "/v1/replay/projection", json::serialize(b)));
+    });
+  }
+
+  auto* compact = app.add_subcommand("compact", "Compaction: an aggregate, a time window; the archive");
+  compact->require_subcommand(1);
+  for (const char* what : {"aggregate", "window"}) {
+    struct opts {
+      std::string aggregate, strategy, reducer, from, to;
+    };
+    auto o = std::make_shared<opts>();
+    const std::string w = what;
+    auto* sub = compact->add_subcommand(
+        w, w == "aggregate" ? "Compact one aggregate; prints the CompactionResult"
+                            : "Compact the events in [from, to] of every aggregate; prints the CompactionResult");
+    add_url(*sub, *c);
+    if (w == "aggregate") sub->add_option("aggregate", o->aggregate, "aggregate id")->required();
+    else {
+      sub->add_option("--from", o->from, "RFC 3339")->required();
+      sub->add_option("--to", o->to, "RFC 3339")->required();
+    }
+    sub->add_option("--strategy", o->strategy, "CompactionStrategy {type, config}: JSON text or file")->required();
+    sub->add_option("--reducer", o->reducer, "Lua file (or -): required by the snapshot strategy");
+    out.emplace_back(sub, [=]() -> int {
+      auto st = json_arg(o->strategy, "--strategy");
+      if (!st) return report(st.error());
+      json::object b{{"strategy", std::move(*st)}};
+      if (!o->reducer.empty()) b["reducer"] = read_input(o->reducer);
+      if (w == "aggregate")
+        return print_reply(call(*c, "POST", "/v1/compaction/aggregates/" + url_encode(o->aggregate), json::serialize(b)));
+      b["from"] = o->from;
+      b["to"] = o->to;
+      return print_reply(call(*c, "POST", "/v1/compaction/time-window", json::serialize(b)));
+    });
+  }
+  {
+    struct opts {
+      std::string aggregate, compaction;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = compact->add_subcommand("archive", "List an aggregate's archived events (JSON lines, all pages)");
+    add_url(*sub, *c);
+    sub->add_option("aggregate", o->aggregate, "aggregate id")->required();
+    sub->add_option("--compaction", o->compaction, "only this compaction id");
+    out.emplace_back(sub, [=]() -> int {
+      std::string base = "/v1/compaction/archive/" + url_encode(o->aggregate) + "?limit=1000";
+      if (!o->compaction.empty()) base += "&compactionId=" + url_encode(o->compaction);
+      std::string after;
+      while (true) {
+        auto r = call(*c, "GET", base + (after.empty() ? "" : "&after=" + after));
+        if (!r) return report(r.error());
+        if (r->status >= 300) return report(*r);
+        auto page = json::parse(r->body);
+        print_events(page);
+        const auto* next = page.as_object().if_contains("after");
+        if (!next || !next->is_int64()) return 0;
+        after = std::to_string(next->get_int64());
+      }
+    });
+  }
+  {
+    struct opts {
+      std::string aggregate, compaction;
+    };
+    auto o = std::make_shared<opts>();
+    auto* sub = compact->add_subcommand("restore", "Put an aggregate's archived events back in the live log");
+    add_url(*sub, *c);
+    sub->add_option("aggregate", o->aggregate, "aggregate id")->required();
+    sub->add_option("--compaction", o->compaction, "only this compaction id");
+    out.emplace_back(sub, [=]() -> int {
+      json::object b;
+      if (!o->compaction.empty()) b["compactionId"] = o->compaction;
+      return print_reply(call(*c, "POST", "/v1/compaction/archive/" + url_encode(o->aggregate) + "/restore", json::serialize(b)));
+    });
+  }
+
+  auto* projections = app.add_subcommand("projections", "Named projections on the server: list, register, state, rebuild");
+  projections->require_subcommand(1);
+  {
+    auto* sub = projections->add_subcommand("list", "The projections with their position and lag");
+    add_url(*sub, *c);
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "GET", "/v1/projections")); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    auto* sub = projections->add_subcommand("register", "Register a projection from JSON {name, source, filter?} (file or -)");
+    add_url(*sub, *c);
+    sub->add_option("file", *file, "JSON registration")->required();
+    out.emplace_back(sub, [=]() -> int { return print_reply(call(*c, "POST", "/v1/projections", read_input(*file))); });
+  }
+  for (const char* verb : {"get", "state", "rebuild", "remove"}) {
+    auto name = std::make_shared<std::string>();
+    const std::string v = verb;
+    auto* sub = projections->add_subcommand(v, v == "get"       ? "One projection: definition, position, lag"
+                                               : v == "state"   ? "A projection's current state"
+                                               : v == "rebuild" ? "Rebuild a projection from the start of the log"
+                                                                : "Unregister a projection and drop its state");
+    add_url(*sub, *c);
+    sub->add_option("name", *name, "projection name")->required();
+    out.emplace_back(sub, [=]() -> int {
+      const std::string path = "/v1/projections/" + url_encode(*name);
+      if (v == "get") return print_reply(call(*c, "GET", path));
+      if (v == "state") return print_reply(call(*c, "GET", path + "/state"));
+      if (v == "rebuild") return print_reply(call(*c, "POST", path + "/rebuild"));
+      return print_reply(call(*c, "DELETE", path));
+    });
+  }
+}
+
 }  // namespace pliers::cli

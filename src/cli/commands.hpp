@@ -16,5 +16,7 @@ void add_client_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command
 // dlq, plugins: operators' commands for processing, against a running server.
 void add_processing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 void add_routing_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
+// replay, compact, projections (issue 7).
+void add_ops_commands(CLI::App& app, std::vector<std::pair<CLI::App*, command>>& out);
 
 }  // namespace pliers::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   pliers::cli::add_client_commands(app, commands);
   pliers::cli::add_processing_commands(app, commands);
   pliers::cli::add_routing_commands(app, commands);
+  pliers::cli::add_ops_commands(app, commands);
   pliers::cli::add_store_commands(app, commands);
   try {
     app.parse(argc, argv);

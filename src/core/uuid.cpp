@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdint>
+#include <chrono>
 #include <random>
 
 #include <openssl/evp.h>
@@ -40,6 +41,34 @@ std::string uuid_v5(std::string_view name) {
   for (int i = 0; i < 8; ++i) hi = (hi << 8) | digest[i];
   for (int i = 8; i < 16; ++i) lo = (lo << 8) | digest[i];
   hi = (hi & ~std::uint64_t{0xF000}) | 0x5000;                      // version 5
+  lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // variant 10xx
+  return format_uuid(hi, lo);
+}
+
+std::string uuid_v8_ordered(std::int64_t order, std::string_view name) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(name.data(), name.size(), digest, &length, EVP_sha1(), nullptr);
+  std::uint64_t h = 0, lo = 0;
+  for (int i = 0; i < 8; ++i) h = (h << 8) | digest[i];
+  for (int i = 8; i < 16; ++i) lo = (lo << 8) | digest[i];
+  std::uint64_t hi = (static_cast<std::uint64_t>(order) & 0xFFFFFFFFFFFFULL) << 16;  // 48 bits of order
+  hi |= 0x8000 | (h & 0x0FFF);                                                      // version 8 + 12 bits of hash
+  lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);            // variant 10xx
+  return format_uuid(hi, lo);
+}
+
+std::string new_uuid_v7() {
+  thread_local std::mt19937_64 gen{[] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seq);
+  }()};
+  const auto ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  std::uint64_t hi = (ms & 0xFFFFFFFFFFFFULL) << 16;
+  hi |= 0x7000 | (gen() & 0x0FFF);  // version 7 + 12 random bits
+  std::uint64_t lo = gen();
   lo = (lo & ~(std::uint64_t{0xC} << 60)) | (std::uint64_t{0x8} << 60);  // variant 10xx
   return format_uuid(hi, lo);
 }

@@ -2,6 +2,7 @@
 // per-thread generator seeded from the OS.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -11,6 +12,14 @@ std::string new_uuid_v4();
 // Name-based (version 5, SHA-1): the same name always gives the same id. Used for ids that
 // must not change when work is repeated (events a plugin generates for a trigger).
 std::string uuid_v5(std::string_view name);
+// Time-ordered (version 7, RFC 9562): 48 bits of Unix milliseconds, then random bits. New
+// event ids: consecutive ids land next to each other in the stores' id indexes instead of
+// at random pages (an insert touches one hot page, not a cold one).
+std::string new_uuid_v7();
+// Ordered and name-based (version 8, RFC 9562 "custom"): the first 48 bits are `order` (a
+// log position), the rest a SHA-1 of `name`. Ids derived from repeatable work (a plugin's
+// effects of a trigger, keyed by the trigger's position) that still land in index order.
+std::string uuid_v8_ordered(std::int64_t order, std::string_view name);
 // Any RFC 4122 layout (hex digits and dashes in the 8-4-4-4-12 places), any case.
 bool is_uuid(std::string_view text) noexcept;
 // Lowercase copy; call only on text that is_uuid accepted.

@@ -55,7 +55,15 @@ result<std::unique_ptr<lua_projector>> lua_projector::create(std::string_view so
   code += "\n";
   code += prelude;
   auto sb = lua_sandbox::create(code, "projector", limits);
-  if (!sb) return std::move(sb).error();
+  if (!sb) {
+    // A syntax error may be reported inside the prelude (an unclosed block of the script
+    // ends there): compiled alone, the script gets the error at its own line.
+    if (lua_failure_of(sb.error()) == lua_failure::compile_error) {
+      auto alone = lua_sandbox::create(source, "projector", limits);
+      if (!alone) return std::move(alone).error();
+    }
+    return std::move(sb).error();
+  }
   std::unique_ptr<lua_projector> p(new lua_projector(std::move(*sb)));
   auto ok = p->sandbox_->call("__pliers_ok", {});
   if (!ok) return std::move(ok).error();
@@ -78,14 +86,8 @@ result<void> lua_projector::start(boost::json::value initial) {
 }
 
 result<void> lua_projector::apply(std::span<const event> events) {
-  boost::json::value arg(boost::json::array_kind);
-  auto& arr = arg.get_array();
   for (std::size_t i = 0; i < events.size(); i += batch) {
-    arr.clear();
-    const auto n = std::min(batch, events.size() - i);
-    arr.reserve(n);
-    for (std::size_t j = 0; j < n; ++j) arr.emplace_back(event_to_json(events[i + j]));
-    auto r = sandbox_->call(apply_, std::span<const boost::json::value>(&arg, 1));
+    auto r = sandbox_->call_with_events(apply_, events.subspan(i, std::min(batch, events.size() - i)));
     if (!r) return std::move(r).error();
   }
   return {};

@@ -8,9 +8,10 @@
 //
 // For each event, handlers[event.type] (else handlers["*"], else reduce) is called; its
 // result becomes the state (nil: the handler changed `state` in place). Events are the
-// JSON form of BaseEvent (camelCase, plus position). The state is kept inside Lua between
-// events (never round-tripped through JSON per event); events are handed over in batches
-// of up to 256 per sandbox call. The per-call limits apply to each batch.
+// JSON form of BaseEvent (camelCase, plus position), built as Lua tables straight from the
+// events (lua_sandbox::call_with_events, no JSON in between). The state is kept inside Lua
+// between events (never round-tripped through JSON per event); events are handed over in
+// batches of up to 256 per sandbox call. The per-call limits apply to each batch.
 //
 // Not thread-safe (one sandbox): use one lua_projector per thread.
 #pragma once

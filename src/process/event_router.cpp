@@ -697,7 +697,9 @@ result<std::vector<route_result>> event_router::run(std::span<const event* const
       retry_policy policy = slot.policy;
       if (j.out.error.type == "rate_limited" || j.out.error.type == "target_down") ++policy.max_attempts;  // not a real attempt
       if (j.out.gone || j.out.error.type == "forbidden_address") policy.non_retryable.push_back(j.out.error.type);
-      if (j.out.not_before) set_retry_not_before(j.out.error, *j.out.not_before);
+      // A rate-limited delivery is due exactly at its slot; the others no sooner than asked.
+      if (j.out.not_before && j.out.error.type == "rate_limited") set_retry_at(j.out.error, *j.out.not_before);
+      else if (j.out.not_before) set_retry_not_before(j.out.error, *j.out.not_before);
       auto filed = retries_.record_failure(*j.e, "route:" + j.rule->id + ":" + std::to_string(j.index), j.out.error,
                                            policy, j.ms);
       if (!filed) return std::move(filed).error();

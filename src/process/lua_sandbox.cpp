@@ -16,6 +16,8 @@
 //   cannot catch the failure and go on.
 #include "process/lua_sandbox.hpp"
 
+#include "core/time_format.hpp"
+
 #include <lua.hpp>
 
 #include <algorithm>
@@ -214,6 +216,8 @@ bool is_fatal(lua_State* L, int status) {
 
 int clamp_int(std::size_t n) { return n > static_cast<std::size_t>(INT_MAX) ? INT_MAX : static_cast<int>(n); }
 
+void push_object(lua_State* L, const state& s, const json::object& obj, int depth);
+
 void push_json(lua_State* L, const state& s, const json::value& v, int depth, bool top) {
   switch (v.kind()) {
     case json::kind::null:
@@ -252,19 +256,114 @@ void push_json(lua_State* L, const state& s, const json::value& v, int depth, bo
       lua_setmetatable(L, -2);
       return;
     }
-    case json::kind::object: {
-      if (depth >= max_depth) luaL_error(L, "JSON nested deeper than %d levels", max_depth);
-      luaL_checkstack(L, 4, "JSON nested too deeply");
-      const json::object& obj = v.get_object();
-      lua_createtable(L, 0, clamp_int(obj.size()));
-      for (const json::key_value_pair& kv : obj) {
-        lua_pushlstring(L, kv.key().data(), kv.key().size());
-        push_json(L, s, kv.value(), depth + 1, false);
-        lua_rawset(L, -3);
-      }
-      return;
-    }
+    case json::kind::object: push_object(L, s, v.get_object(), depth); return;
   }
+}
+
+void push_object(lua_State* L, const state& s, const json::object& obj, int depth) {
+  if (depth >= max_depth) luaL_error(L, "JSON nested deeper than %d levels", max_depth);
+  luaL_checkstack(L, 4, "JSON nested too deeply");
+  lua_createtable(L, 0, clamp_int(obj.size()));
+  for (const json::key_value_pair& kv : obj) {
+    lua_pushlstring(L, kv.key().data(), kv.key().size());
+    push_json(L, s, kv.value(), depth + 1, false);
+    lua_rawset(L, -3);
+  }
+}
+
+// RFC 3339 as format_rfc3339 writes it ("YYYY-MM-DDTHH:MM:SS.ffffffZ", UTC), without
+// snprintf: a projection formats one per event. The date part is cached per day.
+struct timestamp_writer {
+  std::int64_t day = std::numeric_limits<std::int64_t>::min();
+  char buf[32] = {};
+
+  static void two(char* p, std::int64_t v) {
+    p[0] = static_cast<char>('0' + v / 10);
+    p[1] = static_cast<char>('0' + v % 10);
+  }
+  std::string_view write(timestamp t) {
+    using namespace std::chrono;
+    const auto us_total = duration_cast<microseconds>(t.time_since_epoch()).count();
+    constexpr std::int64_t us_per_day = 86'400'000'000;
+    std::int64_t d = us_total / us_per_day, tod = us_total % us_per_day;
+    if (tod < 0) {
+      tod += us_per_day;
+      --d;
+    }
+    if (d != day) {
+      const year_month_day ymd{sys_days{days{d}}};
+      const int y = static_cast<int>(ymd.year());
+      if (y < 0 || y > 9999) {  // not in the cached layout: the general formatter
+        const std::string text = format_rfc3339(t);
+        const std::size_t n = std::min(text.size(), sizeof fallback);
+        std::memcpy(fallback, text.data(), n);
+        return std::string_view(fallback, n);
+      }
+      buf[0] = static_cast<char>('0' + y / 1000);
+      buf[1] = static_cast<char>('0' + y / 100 % 10);
+      buf[2] = static_cast<char>('0' + y / 10 % 10);
+      buf[3] = static_cast<char>('0' + y % 10);
+      buf[4] = '-';
+      two(buf + 5, static_cast<unsigned>(ymd.month()));
+      buf[7] = '-';
+      two(buf + 8, static_cast<unsigned>(ymd.day()));
+      buf[10] = 'T';
+      buf[13] = ':';
+      buf[16] = ':';
+      buf[19] = '.';
+      buf[26] = 'Z';
+      day = d;
+    }
+    const std::int64_t secs = tod / 1'000'000, us = tod % 1'000'000;
+    two(buf + 11, secs / 3600);
+    two(buf + 14, secs / 60 % 60);
+    two(buf + 17, secs % 60);
+    std::int64_t f = us;
+    for (int i = 25; i >= 20; --i, f /= 10) buf[i] = static_cast<char>('0' + f % 10);
+    return std::string_view(buf, 27);
+  }
+  char fallback[48] = {};  // trivially destructible: this runs where Lua may longjmp
+};
+
+void push_string_field(lua_State* L, const char* key, std::string_view v) {
+  lua_pushlstring(L, v.data(), v.size());
+  lua_setfield(L, -2, key);
+}
+
+void push_int_field(lua_State* L, const char* key, std::int64_t v) {
+  lua_pushinteger(L, static_cast<lua_Integer>(v));
+  lua_setfield(L, -2, key);
+}
+
+// Pushes the events as an array of tables (the fields of write_event_json). May raise.
+void push_events(lua_State* L, const state& s, std::span<const event> events) {
+  if (events.size() > max_args) luaL_error(L, "more than %d events", static_cast<int>(max_args));
+  luaL_checkstack(L, 8, "events");
+  timestamp_writer tw;
+  lua_createtable(L, clamp_int(events.size()), 0);
+  lua_Integer i = 0;
+  for (const event& e : events) {
+    lua_createtable(L, 0, 12);
+    push_string_field(L, "id", e.id);
+    push_string_field(L, "type", e.type);
+    push_int_field(L, "version", e.version);
+    push_string_field(L, "timestamp", tw.write(e.time));
+    push_string_field(L, "aggregateId", e.aggregate_id);
+    push_string_field(L, "aggregateType", e.aggregate_type);
+    push_int_field(L, "sequenceNumber", e.sequence.value);
+    push_int_field(L, "position", e.position.value);
+    if (e.causation_id) push_string_field(L, "causationId", *e.causation_id);
+    if (e.correlation_id) push_string_field(L, "correlationId", *e.correlation_id);
+    lua_pushliteral(L, "metadata");
+    push_object(L, s, e.metadata, 2);
+    lua_rawset(L, -3);
+    lua_pushliteral(L, "payload");
+    push_object(L, s, e.payload, 2);
+    lua_rawset(L, -3);
+    lua_rawseti(L, -2, ++i);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s.array_mt_ref);
+  lua_setmetatable(L, -2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1514,6 +1613,7 @@ struct call_ctx {
   std::string_view name;  // by name when ref == 0
   int ref = 0;
   std::span<const json::value> args;
+  const std::span<const event>* events = nullptr;  // call_with_events: the only argument
   bool pushing_args = false;
   bool not_function = false;
 };
@@ -1534,6 +1634,12 @@ int call_body(lua_State* L) {
     return 0;
   }
   c->pushing_args = true;
+  if (c->events) {
+    push_events(L, s, *c->events);
+    c->pushing_args = false;
+    lua_call(L, 1, 1);
+    return 1;
+  }
   if (c->args.size() > max_args) luaL_error(L, "more than %d arguments", static_cast<int>(max_args));
   luaL_checkstack(L, static_cast<int>(c->args.size()) + 4, "too many arguments");
   for (const json::value& a : c->args) push_json(L, s, a, 0, true);
@@ -1756,6 +1862,14 @@ result<json::value> lua_sandbox::call(const function_ref& fn, std::span<const js
   call_ctx c;
   c.ref = fn.ref_;
   c.args = args;
+  return call_and_convert(*s_, c);
+}
+
+result<json::value> lua_sandbox::call_with_events(const function_ref& fn, std::span<const event> events) {
+  if (!fn.valid()) return make_failure(errc::invalid_argument, lua_failure::script_error, "invalid function_ref");
+  call_ctx c;
+  c.ref = fn.ref_;
+  c.events = &events;
   return call_and_convert(*s_, c);
 }
 

@@ -78,6 +78,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/event.hpp"
 #include "core/result.hpp"
 
 namespace pliers {
@@ -147,6 +148,13 @@ class lua_sandbox {
   // (nil or none -> null). See the error table above.
   result<boost::json::value> call(std::string_view name, std::span<const boost::json::value> args);
   result<boost::json::value> call(const function_ref& fn, std::span<const boost::json::value> args);
+  // Calls `fn` with one argument, an array (marked as such) of the events as tables, each
+  // with exactly the fields of the event's JSON form (core/event_codec.hpp write_event_json:
+  // id, type, version, timestamp as RFC 3339, aggregateId, aggregateType, sequenceNumber,
+  // position, causationId/correlationId when set, metadata, payload), built straight from
+  // the event without an intermediate JSON value: for projections folding many events.
+  // At most 10,000 events per call (bad_argument, field "args"). Result and errors as call().
+  result<boost::json::value> call_with_events(const function_ref& fn, std::span<const event> events);
   // Calls `fn` and returns the truthiness of its first result (no JSON conversion): for
   // conditions.
   result<bool> test(const function_ref& fn, std::span<const boost::json::value> args);

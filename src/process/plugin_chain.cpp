@@ -558,7 +558,7 @@ void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& e
         append_request req;
         req.aggregate_id = std::move(g.aggregate_id);
         auto& ne = g.event;
-        ne.id = uuid_v5("pliers/plugin/" + id + "/" + trigger.id + "/" + std::to_string(i));
+        ne.id = uuid_v8_ordered(trigger.position.value, "pliers/plugin/" + id + "/" + trigger.id + "/" + std::to_string(i));
         ne.causation_id = trigger.id;
         ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
         if (!ne.metadata.contains("sourceSystem")) ne.metadata["sourceSystem"] = "pliers-plugin:" + id;
@@ -600,7 +600,7 @@ void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& e
                                                      {"async", r.async},
                                                      {"attempt", attempt},
                                                      {"result", r.metadata}});
-      ne.id = uuid_v5("pliers/plugin.executed/" + id + "/" + trigger.id);
+      ne.id = uuid_v8_ordered(trigger.position.value, "pliers/plugin.executed/" + id + "/" + trigger.id);
       ne.causation_id = trigger.id;
       ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
       out.add_lifecycle(id, std::move(ne));
@@ -616,7 +616,8 @@ void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& e
                                               {"attempt", attempt},
                                               {"errorType", r.error_type},
                                               {"error", r.error.value_or("")}});
-  ne.id = uuid_v5("pliers/plugin.failed/" + id + "/" + trigger.id + "/" + std::to_string(attempt));
+  ne.id = uuid_v8_ordered(trigger.position.value,
+                          "pliers/plugin.failed/" + id + "/" + trigger.id + "/" + std::to_string(attempt));
   ne.causation_id = trigger.id;
   ne.correlation_id = trigger.correlation_id.value_or(trigger.id);
   out.add_lifecycle(id, std::move(ne));
@@ -695,7 +696,8 @@ result<void> plugin_chain::store_effects(effects& fx) {
       kept.owners.push_back(fx.owners[i]);
     }
     // The plugin's plugin.executed for this trigger becomes a plugin.failed.
-    const std::string executed_id = uuid_v5("pliers/plugin.executed/" + id + "/" + owner.trigger->id);
+    const std::string executed_id =
+        uuid_v8_ordered(owner.trigger->position.value, "pliers/plugin.executed/" + id + "/" + owner.trigger->id);
     for (std::size_t i = generated_left; i < fx.appends.size(); ++i) {
       auto& req = fx.appends[i];
       const std::string plugin_id = req.aggregate_id.substr(7);  // "plugin-<id>"

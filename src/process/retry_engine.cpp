@@ -1,5 +1,7 @@
 #include "process/retry_engine.hpp"
 
+#include <algorithm>
+
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 
@@ -24,6 +26,14 @@ void set_retry_not_before(processing_error& err, timestamp t) { err.context["ret
 
 std::optional<timestamp> retry_not_before(const processing_error& err) {
   const auto* v = err.context.if_contains("retryNotBefore");
+  if (!v || !v->is_string()) return std::nullopt;
+  return parse_rfc3339(v->get_string());
+}
+
+void set_retry_at(processing_error& err, timestamp t) { err.context["retryAt"] = format_rfc3339(t); }
+
+std::optional<timestamp> retry_at(const processing_error& err) {
+  const auto* v = err.context.if_contains("retryAt");
   if (!v || !v->is_string()) return std::nullopt;
   return parse_rfc3339(v->get_string());
 }
@@ -54,6 +64,50 @@ void retry_engine::stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // The pool finishes what was claimed (each attempt is bounded by its target's timeout).
+  std::vector<std::thread> workers;
+  {
+    std::lock_guard lock(mutex_);
+    pool_stopping_ = true;
+    workers.swap(workers_);
+  }
+  jobs_cv_.notify_all();
+  for (auto& t : workers) t.join();
+  std::lock_guard lock(mutex_);
+  pool_stopping_ = false;
+}
+
+void retry_engine::submit(std::function<void()> job) {
+  if (workers_.empty())
+    for (std::size_t i = 0; i < std::max<std::size_t>(opts_.max_concurrent, 1); ++i)
+      workers_.emplace_back([this] { work(); });
+  ++in_flight_;
+  jobs_.push_back(std::move(job));
+  jobs_cv_.notify_one();
+}
+
+void retry_engine::work() {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    jobs_cv_.wait(lock, [&] { return pool_stopping_ || !jobs_.empty(); });
+    if (jobs_.empty()) return;  // stopping, and nothing left
+    auto job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
+    job();
+    lock.lock();
+    --in_flight_;
+    idle_cv_.notify_all();
+    cv_.notify_all();  // the engine's thread may claim more
+  }
+}
+
+void retry_engine::attempt_claimed(dead_letter entry) {
+  const auto started = clock_.now();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto outcome = run_handler(entry, entry.attempts + 1);
+  entry.status = "pending_retry";  // claimed by the schedule, so not permanent
+  (void)finish(std::move(entry), outcome, started, elapsed_ms(t0), false);
 }
 
 result<dead_letter> retry_engine::record_failure(const event& e, const std::string& consumer, processing_error err,
@@ -74,6 +128,7 @@ result<dead_letter> retry_engine::record_failure(const event& e, const std::stri
     decision = decide_retry(policy, 1, now, now, err.type, rng_);
   }
   if (auto nb = retry_not_before(err); decision.retry && nb && *nb > decision.next_at) decision.next_at = *nb;
+  if (auto at = retry_at(err); decision.retry && at) decision.next_at = *at;
   d.error = std::move(err);
   if (decision.retry) {
     d.status = "pending_retry";
@@ -198,27 +253,68 @@ result<dead_letter> retry_engine::mark_permanent(std::string_view id, std::strin
 std::size_t retry_engine::run_due() {
   auto due = store_.dlq_claim_due(clock_.now(), opts_.batch, opts_.lease);
   if (!due) return 0;  // the store is unavailable: the next tick tries again
-  for (auto& entry : *due) {
-    const auto started = clock_.now();
-    const auto t0 = std::chrono::steady_clock::now();
-    auto outcome = run_handler(entry, entry.attempts + 1);
-    entry.status = "pending_retry";  // claimed by the schedule, so not permanent
-    (void)finish(std::move(entry), outcome, started, elapsed_ms(t0), false);
-  }
-  return due->size();
+  const std::size_t n = due->size();
+  std::size_t left = n;
+  std::unique_lock lock(mutex_);
+  for (auto& entry : *due)
+    submit([this, &left, e = std::move(entry)]() mutable {
+      attempt_claimed(std::move(e));
+      std::lock_guard done(mutex_);
+      --left;  // the waiter below is woken by idle_cv_ (work() notifies after each job)
+    });
+  idle_cv_.wait(lock, [&] { return left == 0; });
+  return n;
 }
 
 void retry_engine::run() {
   while (true) {
+    std::size_t room = 0;
     {
       std::unique_lock lock(mutex_);
       if (stopping_) return;
+      const std::size_t cap = std::max<std::size_t>(opts_.max_concurrent, 1);
+      room = in_flight_ < cap ? std::min(cap - in_flight_, opts_.batch) : 0;
     }
-    const bool full = run_due() == opts_.batch;
+    // Claim no more than free threads: a claimed entry starts at once.
+    bool more = room == 0;  // all busy: claim again as soon as one is free
+    if (room > 0) {
+      auto due = store_.dlq_claim_due(clock_.now(), room, opts_.lease);
+      if (due) {
+        more = due->size() == room;
+        std::vector<dead_letter> busy;
+        {
+          std::lock_guard lock(mutex_);
+          const std::size_t per_consumer = std::max<std::size_t>(opts_.max_concurrent / 2, 1);
+          for (auto& entry : *due) {
+            auto& running = consumer_in_flight_[entry.consumer];
+            if (running >= per_consumer) {
+              busy.push_back(std::move(entry));
+              continue;
+            }
+            ++running;
+            submit([this, e = std::move(entry)]() mutable {
+              const std::string consumer = e.consumer;
+              attempt_claimed(std::move(e));
+              std::lock_guard done(mutex_);
+              if (auto it = consumer_in_flight_.find(consumer); it != consumer_in_flight_.end() && --it->second == 0)
+                consumer_in_flight_.erase(it);
+            });
+          }
+        }
+        // Handed back unchanged but for the time: no attempt was made.
+        for (auto& entry : busy) {
+          entry.status = "pending_retry";
+          entry.lease_until = {};
+          entry.next_retry_at = clock_.now() + opts_.busy_delay;
+          (void)store_.dlq_update(entry);
+        }
+      }
+    }
     std::unique_lock lock(mutex_);
     if (stopping_) return;
-    if (full) continue;
-    cv_.wait_for(lock, opts_.tick, [&] { return stopping_ || woken_; });
+    const std::size_t cap = std::max<std::size_t>(opts_.max_concurrent, 1);
+    if (more && in_flight_ < cap) continue;
+    cv_.wait_for(lock, opts_.tick, [&] { return stopping_ || woken_ || (more && in_flight_ < cap); });
     woken_ = false;
   }
 }

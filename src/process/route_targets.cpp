@@ -597,15 +597,15 @@ class websocket_target final : public route_target {
   websocket_target(channel_hub& hub, std::string channel) : hub_(hub), channel_(std::move(channel)) {}
   std::string kind() const override { return "websocket"; }
   std::chrono::milliseconds timeout() const override { return std::chrono::milliseconds(1000); }
+  // Hands the event to this node's subscribers of the channel; never blocks (each
+  // subscriber's inbox is bounded and drops what does not fit). No subscriber is a success:
+  // a channel is ephemeral, there is nobody to retry for.
   delivery_outcome deliver(const event& e, const delivery_context& ctx) override {
-    std::string msg = R"({"type":"event","channel":)";
-    append_json_string(msg, channel_);
-    msg += R"(,"routeId":)";
-    append_json_string(msg, ctx.rule_id);
-    msg += R"(,"event":)";
-    write_event_json(msg, e);
-    msg += "}";
-    return ok(std::to_string(hub_.publish(channel_, msg)) + " subscribers");
+    auto msg = std::make_shared<channel_message>();
+    msg->channel = channel_;
+    msg->route_id = ctx.rule_id;
+    write_event_json(msg->event_json, e);
+    return ok(std::to_string(hub_.publish(msg)) + " subscribers");
   }
 
  private:

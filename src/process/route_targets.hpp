@@ -15,7 +15,8 @@
 //              server-side script.
 //   plugin     {pluginId}: runs that registered plugin on the event (its effects stored).
 //   websocket  {channel}: pushes the event to the WebSocket clients of this node subscribed
-//              to the channel (GET /v1/channels/{name}); ephemeral, no retry.
+//              to the channel ({"type":"subscribe","channel":NAME} on GET /v1/stream);
+//              ephemeral, no retry.
 //   email      {url: smtp://host:port (smtps://), from, to: string or [string], subject,
 //              body, username?, password?, timeout?}: subject and body are templates where
 //              {{id}}, {{type}}, {{aggregateId}}, {{aggregateType}}, {{timestamp}},

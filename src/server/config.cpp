@@ -40,6 +40,7 @@ const std::vector<config_key>& config_keys() {
       {"routes.partitions", "PLIERS_ROUTES_PARTITIONS", "partitions of the routing consumer group (fixed at creation)"},
       {"routes.max_concurrent_deliveries", "PLIERS_ROUTES_MAX_CONCURRENT_DELIVERIES", "threads delivering to targets"},
       {"routes.default_timeout_ms", "PLIERS_ROUTES_DEFAULT_TIMEOUT_MS", "timeout of a target without its own"},
+      {"routes.lease_ms", "PLIERS_ROUTES_LEASE_MS", "routing partition lease: how long a crashed node's share waits"},
       {"routes.record_deliveries", "PLIERS_ROUTES_RECORD_DELIVERIES", "append route.delivered for every successful delivery"},
       {"routes.allow_private_targets", "PLIERS_ROUTES_ALLOW_PRIVATE_TARGETS",
        "comma-separated hosts/addresses targets may reach although private or loopback"},
@@ -49,6 +50,7 @@ const std::vector<config_key>& config_keys() {
       {"retry.max_delay_ms", "PLIERS_RETRY_MAX_DELAY_MS", "default RetryConfig: maxDelay"},
       {"retry.jitter", "PLIERS_RETRY_JITTER", "default RetryConfig: jitter (true/false)"},
       {"retry.max_age_ms", "PLIERS_RETRY_MAX_AGE_MS", "default RetryConfig: give up this long after the first failure"},
+      {"retry.max_concurrent", "PLIERS_RETRY_MAX_CONCURRENT", "dead-letter entries retried at once (threads)"},
   };
   return keys;
 }
@@ -171,6 +173,12 @@ result<void> server_config::set(std::string_view key, std::string_view v) {
     long long ms = 0;
     if (auto r = parse_number<long long>(key, v, ms, 1, 120000); !r) return r;
     route_timeout = std::chrono::milliseconds(ms);
+  } else if (key == "routes.lease_ms") {
+    long long ms = 0;
+    if (auto r = parse_number<long long>(key, v, ms, 500, 600000); !r) return r;
+    route_lease = std::chrono::milliseconds(ms);
+  } else if (key == "retry.max_concurrent") {
+    return parse_number<std::size_t>(key, v, retry_max_concurrent, 1, 256);
   } else if (key == "routes.allow_private_targets") {
     route_allow_private = comma_list(v);
   } else if (key == "retry.max_attempts") {

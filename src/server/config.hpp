@@ -47,11 +47,13 @@ struct server_config {
   std::string plugin_file;                          // JSON array of plugin registrations
   std::vector<std::string> native_plugins;          // shared libraries (include/pliers/plugin_abi.h)
   retry_policy default_retry;
+  std::size_t retry_max_concurrent = 8;             // dead-letter entries attempted at once
 
   // Routing (issue 6): rules and targets (docs/routing.md).
   bool routes_enabled = true;                        // run the router on this node
   int route_partitions = 8;
   std::size_t route_max_concurrent = 32;             // delivery threads
+  std::chrono::milliseconds route_lease{10000};      // routing partitions of a dead node wait this long
   std::chrono::milliseconds route_timeout{5000};     // default target timeout
   bool route_record_deliveries = false;              // route.delivered per success
   std::vector<std::string> route_allow_private;      // hosts/addresses exempt from the private-address check

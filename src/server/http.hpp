@@ -25,6 +25,9 @@ class plugin_chain;
 class retry_engine;
 class event_router;
 class channel_hub;
+class projection_manager;
+class compaction_scheduler;
+class snapshot_policy_service;
 struct plugin_view;
 }  // namespace pliers
 
@@ -57,6 +60,9 @@ struct server_state {
   retry_engine* dead_letters = nullptr;
   event_router* routes = nullptr;         // nullptr when routes.enabled = false
   channel_hub* channels = nullptr;        // the websocket routing target's channels
+  projection_manager* projections = nullptr;  // named projections (ops/projections.hpp)
+  compaction_scheduler* compaction_schedules = nullptr;  // scheduleCompaction (ops/maintenance.hpp)
+  snapshot_policy_service* snapshot_policies = nullptr;  // snapshot policies (ops/maintenance.hpp)
 };
 
 struct request_context {
@@ -116,6 +122,10 @@ asio::awaitable<reply> handle_streams(request_context& ctx);       // GET/DELETE
 asio::awaitable<reply> handle_scheduled(request_context& ctx);     // /v1/scheduled-events
 asio::awaitable<reply> handle_plugins(request_context& ctx);       // /v1/plugins
 asio::awaitable<reply> handle_dead_letters(request_context& ctx);  // /v1/dead-letters
+asio::awaitable<reply> handle_replay(request_context& ctx);        // /v1/replay
+asio::awaitable<reply> handle_compaction(request_context& ctx);    // /v1/compaction
+asio::awaitable<reply> handle_projections(request_context& ctx);   // /v1/projections
+asio::awaitable<reply> handle_snapshot_policies(request_context& ctx);  // /v1/snapshot-policies
 asio::awaitable<reply> handle_routes(request_context& ctx);        // /v1/routes
 // A plugin registration as POST /v1/plugins takes it (also the plugins.file entries).
 result<plugin_view> register_plugin_from_json(plugin_chain& chain, const boost::json::value& body,

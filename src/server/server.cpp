@@ -14,6 +14,8 @@
 
 #include "bus/event_bus.hpp"
 #include "bus/scheduler.hpp"
+#include "ops/maintenance.hpp"
+#include "ops/projections.hpp"
 #include "process/plugin_chain.hpp"
 #include "process/plugin_kinds.hpp"
 #include "process/plugin_processor.hpp"
@@ -112,6 +114,9 @@ struct http_server::impl {
   channel_hub channels;
   std::unique_ptr<event_router> router;
   std::unique_ptr<route_processor> routing;
+  std::unique_ptr<projection_manager> projections;
+  std::unique_ptr<compaction_scheduler> schedules;
+  std::unique_ptr<snapshot_policy_service> snapshot_policies;
   server_state state;
   std::atomic<bool> stopping{false};
   std::atomic<std::size_t> connections{0};
@@ -131,7 +136,7 @@ struct http_server::impl {
       : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
         tailer(store, log_tailer::options{.poll_interval = cfg.tail_poll_interval}),
         fire_scheduled(store, default_clock(), scheduler::options{}),
-        retries(store, default_clock(), retry_engine::options{.default_policy = cfg.default_retry}),
+        retries(store, default_clock(), retry_engine::options{.max_concurrent = cfg.retry_max_concurrent, .default_policy = cfg.default_retry}),
         chain(store, default_clock(), retries, make_plugin,
               plugin_chain::options{.default_timeout = cfg.plugin_timeout,
                                     .max_hops = cfg.plugin_max_hops,
@@ -157,6 +162,9 @@ struct http_server::impl {
 
   // The retry engine's thread calls into the chain and the router: it stops first.
   ~impl() {
+    snapshot_policies.reset();
+    schedules.reset();
+    projections.reset();
     routing.reset();
     processor.reset();
     retries.stop();
@@ -170,7 +178,7 @@ struct http_server::impl {
     routing = std::make_unique<route_processor>(
         store, tailer, *bus, default_clock(), *router, member,
         route_processor::options{.partitions = cfg.route_partitions,
-                                 .lease = cfg.plugin_lease,
+                                 .lease = cfg.route_lease,
                                  .on_error = [](const std::string& what) { log::warn("routes", {{"error", what}}); }});
     return {};
   }
@@ -226,10 +234,8 @@ struct http_server::impl {
         }
       }
     }
-    char host[256] = {};
-    gethostname(host, sizeof host - 1);
     processor = std::make_unique<plugin_processor>(
-        store, tailer, default_clock(), chain, std::string(host) + ":" + std::to_string(getpid()),
+        store, tailer, default_clock(), chain, member_name(),
         plugin_processor::options{.partitions = cfg.plugin_partitions,
                                   .lease = cfg.plugin_lease,
                                   .on_error = [](const std::string& what) { log::warn("plugins", {{"error", what}}); }});
@@ -270,6 +276,10 @@ struct http_server::impl {
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "scheduled-events") co_return co_await handle_scheduled(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "plugins") co_return co_await handle_plugins(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "dead-letters") co_return co_await handle_dead_letters(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "replay") co_return co_await handle_replay(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "compaction") co_return co_await handle_compaction(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "projections") co_return co_await handle_projections(ctx);
+    if (s.size() >= 2 && s[0] == "v1" && s[1] == "snapshot-policies") co_return co_await handle_snapshot_policies(ctx);
     if (s.size() >= 2 && s[0] == "v1" && s[1] == "routes") co_return co_await handle_routes(ctx);
     if (s.size() == 2 && s[0] == "v1" && s[1] == "stream")
       co_return problem_reply(error::invalid("Upgrade", "GET /v1/stream is a WebSocket endpoint: send an Upgrade request"));
@@ -478,6 +488,20 @@ result<std::string> http_server::start(bool handle_signals) {
     });
   }
   if (auto ok = p.start_processing(); !ok) return std::move(ok).error();
+  projection_manager::options popts;
+  popts.member = impl::member_name();
+  p.projections = std::make_unique<projection_manager>(p.store, popts);
+  if (auto ok = p.projections->start(); !ok) return std::move(ok).error();
+  p.state.projections = p.projections.get();
+  // Every node ticks; a run is claimed in the store, so one node does each occurrence.
+  p.schedules = std::make_unique<compaction_scheduler>(p.store, default_clock(), impl::member_name());
+  p.schedules->start(std::chrono::seconds(10));
+  p.state.compaction_schedules = p.schedules.get();
+  snapshot_policy_service::options sopts;
+  sopts.member = impl::member_name();
+  p.snapshot_policies = std::make_unique<snapshot_policy_service>(p.store, sopts);
+  if (auto ok = p.snapshot_policies->start(); !ok) return std::move(ok).error();
+  p.state.snapshot_policies = p.snapshot_policies.get();
   asio::co_spawn(p.ioc, p.accept_loop(), asio::detached);
   return where;
 }

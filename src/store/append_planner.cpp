@@ -93,7 +93,7 @@ result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position
   };
   for (auto& ne : req.events) {
     event e;
-    e.id = ne.id ? std::string(take(*ne.id)) : new_uuid_v4();
+    e.id = ne.id ? std::string(take(*ne.id)) : new_uuid_v7();
     e.type = take(ne.type);
     e.version = ne.version;
     e.time = now;

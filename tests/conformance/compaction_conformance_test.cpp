@@ -12,10 +12,14 @@
 #include <set>
 #include <thread>
 
+#include "bus/event_bus.hpp"
+#include "bus/log_tailer.hpp"
 #include "core/clock.hpp"
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 #include "ops/compaction.hpp"
+#include "ops/maintenance.hpp"
+#include "ops/projections.hpp"
 #include "ops/lua_projector.hpp"
 #include "ops/replay.hpp"
 #include "store/event_store.hpp"
@@ -216,7 +220,10 @@ TEST_P(Compaction, SnapshotStrategyWithLuaReducerAndKeepSnapshots) {
   EXPECT_EQ(after.version, 26);
   EXPECT_EQ(after.compacted_ranges, (std::vector<sequence_range>{{1, 20}}));
   // A second snapshot compaction keeps only the newest snapshot.
-  auto r2 = c.compact_aggregate("doc-2", compaction_strategy{.type = "snapshot", .keep_snapshots = 1}, lua.get());
+  compaction_strategy keep_one;
+  keep_one.type = "snapshot";
+  keep_one.keep_snapshots = 1;
+  auto r2 = c.compact_aggregate("doc-2", keep_one, lua.get());
   ASSERT_TRUE(r2) << r2.error().message;
   EXPECT_EQ(store_->get_latest_snapshot("doc-2").value()->sequence_number, 26);
   EXPECT_EQ(replay.replay_to_state("doc-2", json::value(), *lua)->state.at("n"), 425);
@@ -271,7 +278,9 @@ TEST_P(Compaction, PositionsOfArchivedEventsAreNeverReused) {
   if (GetParam().name == "memory") GTEST_SKIP() << "nothing persists across a reopen of the memory store";
   append("doc-4", {make("set.a", {{"v", 1}}), make("set.a", {{"v", 2}}), make("set.a", {{"v", 3}})});
   const auto head = store_->head();
-  compaction_strategy s{.type = "eliminate_intermediates", .eliminate_types = {"set.a"}};
+  compaction_strategy s;
+  s.type = "eliminate_intermediates";
+  s.eliminate_types = {"set.a"};
   ASSERT_TRUE(event_compaction(*store_).compact_aggregate("doc-4", s));
   reopen();
   append("doc-5", {make("count", {{"d", 1}})});
@@ -349,7 +358,256 @@ TEST_P(Compaction, PropertyCompactedStateEqualsOriginalForEveryStrategy) {
   }
 }
 
+// Regression (issue 7 part 5): compaction leaves holes in the middle of the global log. A
+// live subscriber and one subscribing from the beginning afterwards (reading history from the
+// store across the holes, with a ring too small to hold it) must both keep receiving every
+// live event in position order, including those appended after the compaction.
+TEST_P(Compaction, SubscribersKeepReceivingAfterCompactionLeavesHolesInTheLog) {
+  log_tailer tailer(*store_, log_tailer::options{.ring_capacity = 4, .read_batch = 3, .poll_interval = std::chrono::milliseconds(20)});
+  event_bus bus(*store_, tailer, 1);
+  struct received {
+    std::mutex m;
+    std::vector<std::int64_t> positions;
+    void add(const event& e) {
+      std::lock_guard lock(m);
+      positions.push_back(e.position.value);
+    }
+    std::vector<std::int64_t> get() {
+      std::lock_guard lock(m);
+      return positions;
+    }
+  };
+  received live_sub, late_sub;
+  auto a = bus.subscribe_to_pattern("**", [&](const event& e) { live_sub.add(e); }, subscription_start::beginning());
+  ASSERT_TRUE(a);
+  for (int i = 1; i <= 12; ++i) {
+    append("doc-a", {make(i % 4 == 0 ? "count" : "set.title", {{"v", i}, {"d", 1}})});
+    append("doc-b", {make("count", {{"d", 1}})});
+  }
+  compaction_strategy s;
+  s.type = "eliminate_intermediates";
+  s.eliminate_types = {"set.*"};
+  s.keep_last = true;
+  event_compaction c(*store_);
+  auto r = c.compact_aggregate("doc-a", s);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->events_eliminated, 8);
+  auto b = bus.subscribe_to_pattern("**", [&](const event& e) { late_sub.add(e); }, subscription_start::beginning());
+  ASSERT_TRUE(b);
+  for (int i = 0; i < 6; ++i) append(i % 2 ? "doc-a" : "doc-b", {make("count", {{"d", 1}})});
+  tailer.wake();
+
+  std::vector<std::int64_t> expected;  // the live log now: the holes are the archived events
+  const auto log = store_->read_all(log_position(0), 1000).value();
+  for (const auto& e : log) expected.push_back(e.position.value);
+  ASSERT_EQ(expected.size(), 24u - 8u + 1u + 6u);  // + the compaction.completed audit event
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline &&
+         (late_sub.get().size() < expected.size() || live_sub.get().empty() || live_sub.get().back() != expected.back()))
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // The late subscriber sees exactly the live log.
+  EXPECT_EQ(late_sub.get(), expected);
+  // The live one saw the archived events before they were compacted; it must have every
+  // event appended since, in order, and nothing twice.
+  const auto got = live_sub.get();
+  EXPECT_TRUE(std::is_sorted(got.begin(), got.end()) && std::adjacent_find(got.begin(), got.end()) == got.end());
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got.back(), expected.back());
+  for (std::size_t i = expected.size() - 7; i < expected.size(); ++i)
+    EXPECT_TRUE(std::binary_search(got.begin(), got.end(), expected[i])) << "missing position " << expected[i];
+}
+
+TEST_P(Compaction, SnapshotPoliciesEveryNEventsPerTypeKeepTheirStates) {
+  for (int i = 1; i <= 23; ++i) append("doc-p", {make("count", {{"d", i}})});
+  for (int i = 1; i <= 7; ++i) append("doc-q", {make("count", {{"d", 1}})});
+  append("other-1", {make("count", {{"d", 1}})});
+  snapshot_policies policies(*store_);
+  EXPECT_EQ(policies.set({.aggregate_type = "doc", .every_events = 0, .keep_last = 2, .make_folder = [] { return fold_with(reduce); }})
+                .error().field, "everyEvents");
+  ASSERT_TRUE(policies.set({.aggregate_type = "doc", .every_events = 5, .keep_last = 2, .make_folder = [] { return fold_with(reduce); }}));
+  // Fed in pages of 4 (a consumer's batches), twice: the second pass writes nothing new.
+  std::int64_t written = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    log_position after{};
+    while (true) {
+      auto page = store_->read_all(after, 4).value();
+      if (page.empty()) break;
+      auto n = policies.on_events(page);
+      ASSERT_TRUE(n) << n.error().message;
+      if (pass == 0) written += *n;
+      else EXPECT_EQ(*n, 0);
+      after = page.back().position;
+    }
+  }
+  EXPECT_EQ(written, 4 + 1);  // doc-p at 5, 10, 15, 20; doc-q at 5; other-1 has no policy
+  auto snap = store_->get_latest_snapshot("doc-p").value();
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->sequence_number, 20);
+  const auto all = live("doc-p");
+  EXPECT_EQ(json::value(snap->data), fold(std::vector<event>(all.begin(), all.begin() + 20)));
+  EXPECT_EQ(store_->get_latest_snapshot("doc-q").value()->sequence_number, 5);
+  EXPECT_FALSE(store_->get_latest_snapshot("other-1").value());
+  // replayToState from the policy's snapshot equals the full fold.
+  event_replay replay(*store_);
+  auto r = replay.replay_to_state("doc-p", json::value(), reduce);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->snapshot_sequence, 20);
+  EXPECT_EQ(r->state, fold(all));
+  // No event was touched.
+  EXPECT_EQ(live("doc-p").size(), 23u);
+  EXPECT_TRUE(store_->get_aggregate_metadata("doc-p")->compacted_ranges.empty());
+}
+
+TEST_P(Compaction, ScheduledCompactionRunsOnOneNodeOnly) {
+  for (int i = 1; i <= 6; ++i) append("doc-s", {make(i % 2 ? "set.title" : "count", {{"v", i}, {"d", 1}})});
+  compaction_scheduler a(*store_, clock_, "node-a"), b(*store_, clock_, "node-b");
+  auto sched = compaction_schedule::from_json(json::parse(R"({"id": "nightly", "criteria": {"aggregateTypes": ["doc"]},
+      "strategy": {"type": "eliminate_intermediates", "config": {"eliminateTypes": ["set.*"], "keepLast": true}},
+      "intervalMs": 60000})"));
+  ASSERT_TRUE(sched) << sched.error().message;
+  EXPECT_EQ(compaction_schedule::from_json(json::parse(R"({"id": "x", "criteria": {}, "strategy": {"type": "snapshot"}, "intervalMs": 60000})"))
+                .error().field, "criteria");
+  EXPECT_EQ(compaction_schedule::from_json(json::parse(R"({"id": "x", "criteria": {"aggregateIds": ["a"]}, "strategy": {"type": "snapshot"}, "intervalMs": 60000})"))
+                .error().field, "reducer");
+  ASSERT_TRUE(a.schedule(*sched));
+  EXPECT_TRUE(a.tick()->empty());  // not due yet
+  EXPECT_TRUE(b.tick()->empty());
+  auto run_both = [&] {
+    std::vector<std::pair<std::string, batch_compaction_result>> ra, rb;
+    std::thread ta([&] { ra = a.tick().value(); });
+    std::thread tb([&] { rb = b.tick().value(); });
+    ta.join();
+    tb.join();
+    return ra.size() + rb.size();
+  };
+  clock_.advance(std::chrono::seconds(61));
+  EXPECT_EQ(run_both(), 1u);
+  EXPECT_EQ(seqs(live("doc-s")), (std::vector<std::int64_t>{2, 4, 5, 6}));
+  EXPECT_EQ(run_both(), 0u);  // the occurrence was taken; the next is an interval away
+  for (int i = 7; i <= 9; ++i) append("doc-s", {make("set.title", {{"v", i}})});
+  clock_.advance(std::chrono::seconds(61));
+  EXPECT_EQ(run_both(), 1u);
+  EXPECT_EQ(seqs(live("doc-s")), (std::vector<std::int64_t>{2, 4, 6, 9}));
+  auto audit = store_->read_aggregate("pliers-compaction-log", 1, std::nullopt, 100).value();
+  EXPECT_EQ(audit.size(), 2u);
+  auto runs = store_->read_aggregate("pliers-compaction-schedule-nightly", 1, std::nullopt, 100).value();
+  ASSERT_EQ(runs.size(), 5u);  // scheduled, started, completed, started, completed
+  EXPECT_EQ(runs[2].type, "compaction.run_completed");
+  EXPECT_EQ(runs[2].payload.at("eventsEliminated"), 2);
+  ASSERT_TRUE(b.cancel("nightly"));
+  clock_.advance(std::chrono::seconds(61));
+  EXPECT_EQ(run_both(), 0u);
+}
+
+TEST_P(Compaction, BatchProcessorPublishReplayCompact) {
+  batch_processor batch(*store_);
+  std::vector<std::pair<std::string, new_event>> events;
+  for (int i = 0; i < 250; ++i) events.emplace_back("doc-b" + std::to_string(i % 5), make(i % 3 ? "count" : "set.a", {{"d", 1}, {"v", i}}));
+  auto bad = make("count", {{"d", 1}});
+  bad.type.clear();  // invalid: refused by validation, alone in its append
+  events.emplace_back("doc-bad", std::move(bad));
+  EXPECT_EQ(batch.batch_publish(events, 0).error().field, "batchSize");
+  auto pub = batch.batch_publish(std::move(events), 100);
+  ASSERT_TRUE(pub) << pub.error().message;
+  EXPECT_EQ(pub->total_events, 251);
+  EXPECT_EQ(pub->successful_events, 250);
+  EXPECT_EQ(pub->failed_events, 1);
+  ASSERT_EQ(pub->errors.size(), 1u);
+  EXPECT_EQ(pub->errors[0].aggregate_id, "doc-bad");
+  EXPECT_EQ(pub->errors[0].type, "invalid_argument");
+  for (int a = 0; a < 5; ++a) EXPECT_EQ(live("doc-b" + std::to_string(a)).size(), 50u);
+
+  auto rep = batch.batch_replay({"doc-b0", "doc-b1", "doc-b2"}, [] { return fold_with(reduce); });
+  ASSERT_TRUE(rep);
+  EXPECT_EQ(rep->summary.total_events, 150);
+  EXPECT_EQ(rep->summary.successful_events, 150);
+  ASSERT_EQ(rep->states.size(), 3u);
+  EXPECT_EQ(rep->states[1].first, "doc-b1");
+  EXPECT_EQ(rep->states[1].second.state, fold(live("doc-b1")));
+
+  compaction_strategy s;
+  s.type = "eliminate_intermediates";
+  s.eliminate_types = {"set.*"};
+  s.keep_last = true;
+  compaction_criteria crit;
+  crit.aggregate_types = {"doc"};
+  crit.min_events = 10;
+  auto before = fold(live("doc-b3"));
+  std::int64_t set_events = 0, set_in_b3 = 0;  // set.a: every third event
+  for (int a = 0; a < 5; ++a)
+    for (const auto& e : live("doc-b" + std::to_string(a)))
+      if (e.type == "set.a") {
+        ++set_events;
+        if (a == 3) ++set_in_b3;
+      }
+  ASSERT_EQ(set_events, 84);  // i = 0, 3, ..., 249
+  auto comp = batch.batch_compact(crit, s, [] { return fold_with(reduce); }, 2);
+  ASSERT_TRUE(comp) << comp.error().message;
+  EXPECT_EQ(comp->compaction.aggregates_compacted, 5);
+  EXPECT_EQ(comp->summary.successful_events, 250);
+  EXPECT_EQ(comp->compaction.events_eliminated, set_events - 5);  // the last set.a of each aggregate kept
+  EXPECT_EQ(static_cast<std::int64_t>(live("doc-b3").size()), 50 - (set_in_b3 - 1));
+  event_replay replay(*store_);
+  EXPECT_EQ(replay.replay_to_state("doc-b3", json::value(), reduce)->state, before);
+  crit.min_events = 1000;
+  EXPECT_EQ(batch.batch_compact(crit, s)->compaction.aggregates_compacted, 0);
+}
+
+// Two nodes on one store: one owns the projection (lease) and folds it; the other reports
+// it from the checkpoints; when the owner stops, the other takes over from the newest
+// checkpoint and no event is folded twice or missed.
+TEST_P(Compaction, ProjectionsHaveOneOwnerAndFailOver) {
+  auto make_node = [&](const std::string& member) {
+    projection_manager::options o;
+    o.member = member;
+    o.lease = std::chrono::milliseconds(600);
+    o.idle_poll = std::chrono::milliseconds(20);
+    o.checkpoint_interval = std::chrono::milliseconds(50);
+    o.page_size = 7;
+    return std::make_unique<projection_manager>(*store_, o);
+  };
+  auto a = make_node("node-a");
+  auto b = make_node("node-b");
+  ASSERT_TRUE(a->start());
+  ASSERT_TRUE(b->start());
+  const char* source = "initial_state = {n = 0, d = 0}\nfunction reduce(s, e) s.n = s.n + 1; s.d = s.d + e.payload.d; return s end";
+  auto reg = a->register_projection(json::parse(std::string(R"({"name": "docs", "filter": {"aggregateTypes": ["doc"]}, "source": )") +
+                                                json::serialize(json::value(source)) + "}"));
+  ASSERT_TRUE(reg) << reg.error().message;
+  for (int i = 0; i < 40; ++i) append("doc-" + std::to_string(i % 3), {make("count", {{"d", 1}})});
+  auto other_type = make("count", {{"d", 1000}});
+  other_type.aggregate_type = "misc";  // filtered out
+  append("other", {std::move(other_type)});
+  auto settled = [&](projection_manager& m, std::int64_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto st = m.get("docs");
+      if (st && st->state.is_object() && st->state.as_object().contains("n") && st->state.at("n").as_int64() == n &&
+          st->checkpoint_position == st->head)
+        return *st;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "projection did not settle at n=" << n << ": " << json::serialize(m.get("docs")->to_json(true));
+    return m.get("docs").value();
+  };
+  // Both report the same state (the owner from Lua, the other from the checkpoint).
+  auto sa = settled(*a, 40);
+  auto sb = settled(*b, 40);
+  EXPECT_NE(sa.owner, sb.owner);
+  EXPECT_EQ(sa.state, sb.state);
+  EXPECT_EQ(sa.state.at("d").as_int64(), 40);
+  // The owner stops; the other takes over and folds the new events once.
+  auto& owner = sa.owner ? a : b;
+  auto& other = sa.owner ? b : a;
+  owner->stop();
+  for (int i = 0; i < 25; ++i) append("doc-x", {make("count", {{"d", 2}})});
+  auto after = settled(*other, 65);
+  EXPECT_TRUE(after.owner);
+  EXPECT_EQ(after.state.at("d").as_int64(), 40 + 50);
+  EXPECT_EQ(after.events_processed, 65);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Compaction, ::testing::ValuesIn(backends()),
-                         [](const auto& info) { return info.param.name; });
+                         [](const auto& param_info) { return param_info.param.name; });
 
 }  // namespace pliers

@@ -2,13 +2,19 @@
 // and checked by an independent Python receiver, failures retried and dead-lettered
 // (500, 410, 429 with Retry-After, redirects, private addresses, slow receivers), rules
 // refused with the field named, the dry run, rules surviving a restart; Redis Streams,
-// NATS JetStream and SMTP against the servers scripts/test-peers starts.
+// NATS JetStream and SMTP against the servers scripts/test-peers starts; websocket channels
+// through the real WebSocket endpoint (a slow subscriber drops, never blocks); Lua plugins
+// as targets; rate limits delaying, not dropping.
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
+
+#include <csignal>
+#include <sys/wait.h>
 
 #include <hiredis/hiredis.h>
 #include <nats/nats.h>
@@ -19,6 +25,7 @@
 #include "support/fixtures.hpp"
 #include "support/peers.hpp"
 #include "support/server_process.hpp"
+#include "support/ws_client.hpp"
 
 namespace pliers {
 
@@ -247,7 +254,12 @@ TEST(Routes, ASlowReceiverBlocksNeitherAppendsNorOtherTargets) {
         for (const auto& rec : read_lines(dir.path() / "log")) ok += rec.at("path") == "/ok";
         return ok == 20;
       },
-      5s));
+      5s))
+      << [&] {
+           int ok = 0, slow = 0;
+           for (const auto& rec : read_lines(dir.path() / "log")) ok += rec.at("path") == "/ok", slow += rec.at("path") == "/slow";
+           return std::to_string(ok) + " at /ok, " + std::to_string(slow) + " at /slow; dl0: " + json::serialize(dead_letters(*c, "route:r:0")).substr(0, 600) + " dl1: " + json::serialize(dead_letters(*c, "route:r:1")).substr(0, 600);
+         }();
   // The slow target's deliveries are deferred to the retry engine, not lost.
   EXPECT_TRUE(eventually([&] { return dead_letters(*c, "route:r:0").size() == 20; }, 10s));
 }
@@ -266,6 +278,10 @@ TEST(Routes, RulesAreStoredAsEventsAndSurviveARestart) {
     ASSERT_EQ(del->status, 204);
     auto lifecycle = json::parse(c->get("/v1/events?aggregateType=route")->body);
     EXPECT_EQ(lifecycle.at("events").as_array().size(), 3u);  // added, added, removed
+    // A clean stop hands the routing partitions back: the next server need not wait for
+    // their leases to run out (SIGKILL would cost routes.lease_ms, 10 s).
+    const int status = server.stop(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   }
   server_process server(store, {}, allow_loopback());
   server.start();
@@ -279,6 +295,216 @@ TEST(Routes, RulesAreStoredAsEventsAndSurviveARestart) {
       if (rec.at("id").as_string() == id) return true;
     return false;
   }));
+}
+
+TEST(Routes, WebsocketTargetsPushToChannelSubscribersOfTheStreamEndpoint) {
+  server_process server("memory:");
+  server.start();
+  auto c = server.client();
+  ASSERT_EQ(c->post("/v1/routes", R"({"id":"live","conditions":[{"type":"event_type","operator":"equals","value":"form.created"}],
+      "targets":[{"type":"websocket","config":{"channel":"forms"}}]})")->status, 201);
+  ws_client a(server.url()), b(server.url());
+  a.send(R"({"type":"subscribe","channel":"forms","requestId":"r1"})");
+  auto confirmed = a.read_type("subscription_confirmed");
+  ASSERT_TRUE(confirmed);
+  EXPECT_EQ(confirmed->at("data").at("channel"), "forms");
+  EXPECT_EQ(confirmed->at("data").at("requestId"), "r1");
+  const std::string stream_id(confirmed->at("streamId").as_string());
+  b.send(R"({"type":"subscribe","channel":"other"})");
+  ASSERT_TRUE(b.read_type("subscription_confirmed"));
+  // Refused subscriptions name the member; the connection stays usable.
+  a.send(R"({"type":"subscribe","channel":"no spaces"})");
+  auto bad = a.read_type("error");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->at("data").at("field"), "channel");
+  a.send(R"({"type":"subscribe","channel":"forms","filter":{}})");
+  bad = a.read_type("error");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->at("data").at("field"), "filter");
+
+  const auto id = append_one(*c, "form-1", "form.created", {{"title", "Intake"}});
+  append_one(*c, "form-1", "form.updated");  // matches no rule
+  auto m = a.read_type("event");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->at("streamId"), stream_id.c_str());
+  EXPECT_EQ(m->at("channel"), "forms");
+  EXPECT_EQ(m->at("routeId"), "live");
+  EXPECT_EQ(m->at("data").at("id").as_string(), id);
+  EXPECT_EQ(m->at("data").at("payload").at("title"), "Intake");
+  EXPECT_GT(m->at("data").at("position").as_int64(), 0);
+
+  // Channel subscriptions are streams: listed (filter = the channel) and closable.
+  auto streams = json::parse(c->get("/v1/streams")->body).at("streams").as_array();
+  bool listed = false;
+  for (const auto& st : streams)
+    if (st.at("id") == stream_id.c_str()) {
+      listed = true;
+      EXPECT_EQ(json::serialize(st.at("filter")), R"({"channel":"forms"})");
+      EXPECT_EQ(st.at("eventsDelivered").as_int64(), 1);
+    }
+  EXPECT_TRUE(listed) << json::serialize(streams);
+  EXPECT_FALSE(a.read(700ms)) << "only the routed event";  // a timed-out client is closed
+  EXPECT_FALSE(b.read(100ms)) << "another channel gets nothing";
+  ws_client again(server.url());
+  again.send(R"({"type":"subscribe","channel":"forms"})");
+  auto c2 = again.read_type("subscription_confirmed");
+  ASSERT_TRUE(c2);
+  again.send_json(json::object{{"type", "unsubscribe"}, {"streamId", c2->at("streamId")}});
+  ASSERT_TRUE(again.read_type("unsubscribed"));
+  append_one(*c, "form-2", "form.created");
+  EXPECT_FALSE(again.read(700ms)) << "nothing after unsubscribe";
+}
+
+TEST(Routes, ASlowChannelSubscriberDropsItsOwnMessagesAndBlocksNobody) {
+  server_process server("memory:");
+  server.start();
+  auto c = server.client();
+  ASSERT_EQ(c->post("/v1/routes", R"({"id":"firehose","targets":[{"type":"websocket","config":{"channel":"all"}}]})")->status, 201);
+  ws_client slow(server.url()), fast(server.url());
+  for (auto* w : {&slow, &fast}) {
+    w->send(R"({"type":"subscribe","channel":"all"})");
+    ASSERT_TRUE(w->read_type("subscription_confirmed"));
+  }
+  // 3,000 events of 16 KiB (48 MiB): far more than the slow client's socket buffers, its
+  // outbox (8 MiB) and its inbox (1 MiB) hold.
+  constexpr int n = 3000, per_request = 50;
+  std::atomic<int> fast_events{0}, fast_dropped{0};
+  std::thread reader([&] {
+    while (fast_events + fast_dropped < n) {
+      auto m = fast.read(15s);
+      if (!m) return;
+      if (m->at("type") == "event") ++fast_events;
+      if (m->at("type") == "dropped") fast_dropped += static_cast<int>(m->at("data").at("dropped").as_int64());
+    }
+  });
+  const std::string blob(16 * 1024, 'x');
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n / per_request; ++i) {
+    std::vector<std::string> events;
+    for (int k = 0; k < per_request; ++k) events.push_back(event_json("form.updated", "form", {{"blob", blob}, {"k", k}}));
+    auto r = c->post("/v1/aggregates/form-" + std::to_string(i) + "/events", append_body(events));
+    ASSERT_TRUE(r && r->status == 201) << (r ? r->body : r.error().message);
+    std::this_thread::sleep_for(30ms);  // ~25 MiB/s: a client that reads keeps up
+  }
+  reader.join();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(fast_events.load(), n) << "the reading subscriber got every event while the other one did not read ("
+                                   << fast_dropped.load() << " dropped)";
+  EXPECT_LT(took, 30s);
+  // The slow subscriber now reads what was kept for it, each event once, and the count of
+  // those dropped: together, every event.
+  int got = 0;
+  std::int64_t dropped = 0;
+  std::set<std::string> ids;
+  while (got + dropped < n) {
+    auto m = slow.read(5s);
+    if (!m) break;
+    if (m->at("type") == "dropped") {
+      dropped += m->at("data").at("dropped").as_int64();
+    } else if (m->at("type") == "event") {
+      ++got;
+      EXPECT_TRUE(ids.insert(std::string(m->at("data").at("id").as_string())).second);
+    }
+  }
+  EXPECT_GT(dropped, 0);
+  EXPECT_GT(got, 0);
+  EXPECT_EQ(got + dropped, n);
+}
+
+TEST(Routes, PluginTargetsRunARegisteredLuaPluginAndStoreItsEffects) {
+  server_process server("memory:");
+  server.start();
+  auto c = server.client();
+  // Registered for a type no event has: only the rule runs them.
+  const std::string tagger = R"(
+function process(event, context)
+  pliers.emit({aggregateId = "tag-" .. event.aggregateId, type = "tag.added", aggregateType = "tag",
+               payload = {of = event.id, attempt = context.attempt}})
+  return {success = true}
+end)";
+  const std::string refuser = "function process(event, context) return {success = false, errorType = 'refused', error = 'no'} end";
+  for (const auto& [id, src] : {std::pair{std::string("tagger"), tagger}, std::pair{std::string("refuser"), refuser}}) {
+    auto reg = c->post("/v1/plugins", json::serialize(json::object{{"id", id}, {"kind", "lua"}, {"eventTypes", json::array{"never.*"}},
+                                                                   {"source", src}}));
+    ASSERT_EQ(reg->status, 201) << reg->body;
+  }
+  auto add = c->post("/v1/routes", R"({"id":"to-plugin","conditions":[{"type":"event_type","operator":"equals","value":"form.created"}],
+      "targets":[{"type":"plugin","config":{"pluginId":"tagger"}},
+                 {"type":"plugin","config":{"pluginId":"refuser"})" + fast_retry(2) + "}]}");
+  ASSERT_EQ(add->status, 201) << add->body;
+  EXPECT_EQ(c->post("/v1/routes", R"({"id":"x","targets":[{"type":"plugin","config":{"pluginId":"t","extra":1}}]})")->status, 400);
+  const auto id = append_one(*c, "form-1", "form.created");
+  append_one(*c, "form-1", "form.updated");  // not routed
+  json::array tags;
+  ASSERT_TRUE(eventually([&] {
+    tags = json::parse(c->get("/v1/events?type=tag.added")->body).at("events").as_array();
+    return !tags.empty();
+  }));
+  std::this_thread::sleep_for(500ms);
+  tags = json::parse(c->get("/v1/events?type=tag.added")->body).at("events").as_array();
+  ASSERT_EQ(tags.size(), 1u);
+  EXPECT_EQ(tags[0].at("aggregateId"), "tag-form-1");
+  EXPECT_EQ(tags[0].at("causationId").as_string(), id);
+  EXPECT_EQ(tags[0].at("payload").at("of").as_string(), id);
+  EXPECT_EQ(tags[0].at("metadata").at("pluginHops").as_int64(), 1);
+  auto executed = json::parse(c->get("/v1/events?type=plugin.executed&aggregateId=plugin-tagger")->body).at("events").as_array();
+  EXPECT_EQ(executed.size(), 1u);
+  // The failing plugin follows the target's retryConfig into the dead-letter queue.
+  EXPECT_TRUE(eventually([&] { return status_of(*c, "route:to-plugin:1") == "permanent_failure"; }));
+  auto dl = dead_letters(*c, "route:to-plugin:1");
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].at("attempts").as_int64(), 2);
+  EXPECT_EQ(dl[0].at("error").at("type").as_string(), "refused");
+  EXPECT_TRUE(dead_letters(*c, "route:to-plugin:0").empty());
+}
+
+TEST(Routes, RateLimitedDeliveriesAreDelayedNotDropped) {
+  temp_dir dir;
+  python_peer rx({PLIERS_WEBHOOK_RECEIVER, (dir.path() / "log").string(), secret});
+  server_process server("memory:", {}, allow_loopback());
+  server.start();
+  auto c = server.client();
+  // k = 5 per 1,000 ms; N = 20 events appended at once.
+  constexpr int n = 20, k = 5;
+  constexpr double window = 1.0;
+  ASSERT_EQ(c->post("/v1/routes", R"({"id":"limited","rateLimit":{"maxEvents":5,"timeWindow":1000},"targets":[)" +
+                                      webhook(rx, "/ok") + "}]}")->status,
+            201);
+  std::set<std::string> ids;
+  std::vector<std::string> events;
+  for (int i = 0; i < n; ++i) events.push_back(event_json("form.created"));
+  auto r = c->post("/v1/aggregates/form-1/events", append_body(events));
+  ASSERT_EQ(r->status, 201) << r->body;
+  const auto appended = json::parse(r->body);
+  for (const auto& e : appended.at("events").as_array()) ids.insert(std::string(e.at("id").as_string()));
+  std::vector<json::value> log;
+  ASSERT_TRUE(eventually([&] {
+    log = read_lines(dir.path() / "log");
+    return log.size() >= n;
+  }));
+  std::this_thread::sleep_for(500ms);
+  log = read_lines(dir.path() / "log");
+  // None lost, none twice.
+  std::multiset<std::string> got;
+  std::vector<double> at;
+  for (const auto& rec : log) {
+    got.insert(std::string(rec.at("id").as_string()));
+    at.push_back(rec.at("at").as_double());
+  }
+  EXPECT_EQ(got.size(), std::size_t(n));
+  EXPECT_EQ(std::set<std::string>(got.begin(), got.end()), ids);
+  std::sort(at.begin(), at.end());
+  // A burst of k, then one every window / k: the last arrives (n - k) / k windows after the
+  // first (3 s), give or take the retry engine's tick (250 ms).
+  const double span = at.back() - at.front();
+  EXPECT_GE(span, (n - k) * window / k - 0.1) << span;
+  EXPECT_LE(span, n * window / k + 1.0) << span;
+  // A token bucket lets a window hold the burst (k) plus what refills during it (k - 1);
+  // a late tick of the retry engine may bunch one more. Unlimited, all 20 would be in one.
+  for (std::size_t i = 0; i < at.size(); ++i) {
+    const auto in_window = std::upper_bound(at.begin(), at.end(), at[i] + window - 0.001) - (at.begin() + static_cast<std::ptrdiff_t>(i));
+    EXPECT_LE(in_window, 2 * k) << "deliveries in the window after " << i;
+  }
 }
 
 TEST(Routes, RedisStreamsTargetAppendsOncePerEvent) {

@@ -9,8 +9,11 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 namespace pliers::testing {
 
@@ -47,11 +50,28 @@ class ws_client {
   }
 
   // The next message as JSON; nullopt on close or timeout (close code in close_code()).
+  // A timeout shuts the socket down (asio turns SO_RCVTIMEO's EAGAIN into an endless poll,
+  // so a watchdog does it): the client is unusable afterwards.
   std::optional<boost::json::value> read(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-    set_timeout(timeout);
     boost::beast::flat_buffer buffer;
     boost::system::error_code ec;
-    ws_.read(buffer, ec);
+    {
+      std::mutex m;
+      std::condition_variable cv;
+      bool finished = false;
+      const int fd = ws_.next_layer().native_handle();
+      std::thread watchdog([&] {
+        std::unique_lock lock(m);
+        if (!cv.wait_for(lock, timeout, [&] { return finished; })) ::shutdown(fd, SHUT_RDWR);
+      });
+      ws_.read(buffer, ec);
+      {
+        std::lock_guard lock(m);
+        finished = true;
+      }
+      cv.notify_all();
+      watchdog.join();
+    }
     if (ec) {
       last_error_ = ec;
       return std::nullopt;

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/event_codec.hpp"
+
 #include <boost/json.hpp>
 #include <chrono>
 #include <string>
@@ -740,6 +742,44 @@ TEST(LuaSandbox, ErrorKindsAreReadableFromErrors) {
   EXPECT_EQ(lua_failure_of(error::make(errc::internal, "memory_limit: x")), lua_failure::memory_limit);
   EXPECT_EQ(lua_error_type(error::make(errc::internal, "something else")), "lua_error");
   EXPECT_FALSE(lua_failure_of(error::make(errc::internal, "nope: x")));
+}
+
+// call_with_events builds the tables straight from the events: they must equal what the
+// JSON form (event_to_json through call()) gives, timestamps included (own formatter).
+TEST(LuaSandbox, CallWithEventsEqualsTheEventsJsonForm) {
+  auto sb = make("function echo(events) return events end\nfunction count(events) return #events end");
+  auto fn = sb->function("echo");
+  ASSERT_TRUE(fn);
+  std::vector<event> events;
+  const std::int64_t micros[] = {0, 1'767'225'599'999'999, -1, 951'782'400'000'001, 253'402'300'799'999'999,
+                                 1'700'000'000'123'456};
+  for (std::size_t i = 0; i < std::size(micros); ++i) {
+    event e;
+    e.id = "0190f0a2-0000-7000-8000-00000000000" + std::to_string(i);
+    e.type = "order.placed";
+    e.version = 2;
+    e.time = timestamp(std::chrono::microseconds(micros[i]));
+    e.aggregate_id = "order-\xc3\xa9";
+    e.aggregate_type = "order";
+    e.sequence = sequence_number(static_cast<std::int64_t>(i + 1));
+    e.position = log_position(static_cast<std::int64_t>(100 + i));
+    if (i % 2) e.causation_id = "c-" + std::to_string(i);
+    if (i % 3) e.correlation_id = "r-" + std::to_string(i);
+    e.metadata = {{"sourceSystem", "t"}, {"sourceVersion", "1"}, {"tags", json::array{1, "x", nullptr}}};
+    e.payload = {{"amount", 12.5}, {"nested", {{"deep", {{"n", -7}}}}}, {"none", nullptr}, {"empty", json::object()}};
+    events.push_back(std::move(e));
+  }
+  auto got = sb->call_with_events(*fn, events);
+  ASSERT_TRUE(got) << got.error().message;
+  json::array expected;
+  for (const auto& e : events) expected.emplace_back(event_to_json(e));
+  EXPECT_EQ(*got, json::value(expected)) << json::serialize(*got);
+  auto n = sb->call_with_events(*sb->function("count"), std::span<const event>(events).subspan(0, 0));
+  ASSERT_TRUE(n);
+  EXPECT_EQ(*n, json::value(0));
+  auto e = sb->call_with_events(*sb->function("count"), std::vector<event>(10'001, events[0]));
+  ASSERT_FALSE(e);
+  EXPECT_EQ(kind(e.error()), "bad_argument");
 }
 
 }  // namespace

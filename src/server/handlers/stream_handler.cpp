@@ -1,5 +1,7 @@
 // Live streams: WebSocket GET /v1/stream (several subscriptions per connection, the spec's
 // WebSocketEventMessage), SSE GET /v1/events/stream, and GET/DELETE /v1/streams.
+// A WebSocket subscription is either a filter over the log or a routing channel
+// (`{"type":"subscribe","channel":NAME}`: what websocket targets publish on this node).
 //
 // Every subscription keeps its own position and reads "events after it" from the log
 // tailer (memory for recent events, the store for older ones), so history then live has
@@ -7,8 +9,11 @@
 // outbox bound, never slows appends or other clients. All coroutines of one WebSocket
 // connection run on the connection's strand; the connection state is shared by them (the
 // reader, the writer and one loop per subscription) and lives until the last one ends.
+#include <algorithm>
 #include <boost/beast/websocket.hpp>
 #include <charconv>
+#include <deque>
+#include <mutex>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -16,6 +21,7 @@
 #include "core/event_filter.hpp"
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
+#include "process/channel_hub.hpp"
 #include "server/http.hpp"
 #include "server/log.hpp"
 #include "server/problem.hpp"
@@ -159,8 +165,56 @@ constexpr std::size_t max_streams_per_connection = 100;
 constexpr std::size_t outbox_limit = 2048;               // messages waiting to be written
 constexpr std::size_t outbox_byte_limit = 8 * 1024 * 1024;  // and their bytes, per connection
 constexpr int error_storm_limit = 50;           // client errors per 10 s before we close
+constexpr std::size_t inbox_limit = 512;                   // a channel subscription's waiting messages
+constexpr std::size_t inbox_byte_limit = 1024 * 1024;      // and their bytes (one message always fits)
 
 struct ws_connection;
+
+// A channel subscription's inbox: filled by the router's delivery threads through the
+// channel_hub, drained on the connection's strand into the outbox. Publishers never wait:
+// when the inbox is full (the client reads slower than the channel publishes, so the
+// outbox is full too) a message is dropped and counted, and the subscriber is told how
+// many it missed (a "dropped" message) before the next one it gets.
+struct channel_inbox {
+  std::mutex mutex;
+  std::deque<std::shared_ptr<const channel_message>> queue;  // GUARDED_BY(mutex)
+  std::size_t bytes = 0;                                     // GUARDED_BY(mutex)
+  std::uint64_t dropped = 0;                                 // GUARDED_BY(mutex): not yet reported
+  bool closed = false;                                       // GUARDED_BY(mutex)
+  std::function<void()> wake;  // set before subscribing, then read-only: posts a notify to the strand
+
+  void push(const std::shared_ptr<const channel_message>& m) {
+    bool was_empty = false;
+    {
+      std::lock_guard lock(mutex);
+      if (closed) return;
+      if (!queue.empty() && (queue.size() >= inbox_limit || bytes + m->event_json.size() > inbox_byte_limit)) {
+        ++dropped;
+        return;
+      }
+      was_empty = queue.empty();
+      bytes += m->event_json.size();
+      queue.push_back(m);
+    }
+    if (was_empty) wake();  // one post per empty -> non-empty transition: posts are bounded too
+  }
+  // Takes up to `room` messages and the count of dropped ones.
+  std::uint64_t take(std::size_t room, std::vector<std::shared_ptr<const channel_message>>& out) {
+    std::lock_guard lock(mutex);
+    while (room-- > 0 && !queue.empty()) {
+      bytes -= queue.front()->event_json.size();
+      out.push_back(std::move(queue.front()));
+      queue.pop_front();
+    }
+    return std::exchange(dropped, 0);
+  }
+  void close() {
+    std::lock_guard lock(mutex);
+    closed = true;
+    queue.clear();
+    bytes = 0;
+  }
+};
 
 struct ws_stream {
   std::shared_ptr<stream_info> info;
@@ -171,7 +225,35 @@ struct ws_stream {
   std::uint64_t listener = 0;
   std::string request_id;
   bool closed = false;
+  // A channel subscription (no filter, no options, no position):
+  std::string channel;
+  std::shared_ptr<channel_inbox> inbox;
+  std::uint64_t hub_token = 0;
 };
+
+bool valid_channel_name(std::string_view s) {
+  if (s.empty() || s.size() > 100) return false;
+  return std::all_of(s.begin(), s.end(),
+                     [](unsigned char ch) { return std::isalnum(ch) || ch == '.' || ch == '_' || ch == '-'; });
+}
+
+// {"type":"event","streamId":ID,"data":EVENT,"timestamp":T,"channel":NAME,"routeId":RULE}
+std::string channel_event_message(std::string_view stream_id, const channel_message& m, std::string_view time_text) {
+  std::string out;
+  out.reserve(m.event_json.size() + 160);
+  out += "{\"type\":\"event\",\"streamId\":";
+  append_json_string(out, stream_id);
+  out += ",\"data\":";
+  out += m.event_json;
+  out += ",\"timestamp\":\"";
+  out += time_text;
+  out += "\",\"channel\":";
+  append_json_string(out, m.channel);
+  out += ",\"routeId\":";
+  append_json_string(out, m.route_id);
+  out += '}';
+  return out;
+}
 
 struct ws_connection : std::enable_shared_from_this<ws_connection> {
   ws_connection(server_state& s, beast::tcp_stream stream, std::string client)
@@ -250,7 +332,12 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
   void end_stream(ws_stream& s) {
     if (s.closed) return;
     s.closed = true;
-    state.tailer.remove_listener(s.listener);
+    if (s.inbox) {
+      state.channels->unsubscribe(s.channel, s.hub_token);
+      s.inbox->close();
+    } else {
+      state.tailer.remove_listener(s.listener);
+    }
     state.streams.remove(s.info->id);
     s.wake->notify();
   }
@@ -332,6 +419,96 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
     }
   }
 
+  // A channel subscription: moves what the inbox holds into the outbox as "event" messages,
+  // as far as the outbox has room (the inbox fills, then drops, while it has none).
+  asio::awaitable<void> run_channel(std::shared_ptr<ws_stream> s) {
+    auto self = shared_from_this();
+    json::object confirmed{{"channel", s->channel}, {"headPosition", state.tailer.head().value}};
+    if (!s->request_id.empty()) confirmed["requestId"] = s->request_id;
+    send(message("subscription_confirmed", s->info->id, json::serialize(confirmed)));
+    std::vector<std::shared_ptr<const channel_message>> batch;
+    while (!s->closed && !done) {
+      while (outbox_full() && !done && !s->closed)
+        co_await outbox_space.wait_until(std::chrono::steady_clock::time_point::max());
+      if (s->closed || done) break;
+      batch.clear();
+      const std::size_t room = outbox.size() < outbox_limit ? outbox_limit - outbox.size() : 1;
+      const auto dropped = s->inbox->take(room, batch);
+      if (batch.empty() && dropped == 0) {
+        co_await s->wake->wait_until(std::chrono::steady_clock::time_point::max());
+        continue;
+      }
+      const auto now = default_clock().now();
+      const std::string now_text = format_rfc3339(now);
+      if (dropped)
+        send(message("dropped", s->info->id,
+                     json::serialize(json::object{{"channel", s->channel}, {"dropped", dropped}}), now_text));
+      for (const auto& m : batch) send(channel_event_message(s->info->id, *m, now_text));
+      if (!batch.empty()) {
+        s->info->events_delivered += batch.size();
+        s->info->last_event_at = to_micros(now);
+      }
+    }
+  }
+
+  // {"type":"subscribe","channel":NAME,"requestId"?}
+  void subscribe_channel(const json::object& o) {
+    for (const auto& kv : o)
+      if (kv.key() != "type" && kv.key() != "channel" && kv.key() != "requestId")
+        return client_error(error::invalid(std::string(kv.key()).substr(0, 100),
+                                           "a channel subscription takes only type, channel and requestId"));
+    const auto& cv = o.at("channel");
+    if (!cv.is_string() || !valid_channel_name(cv.get_string()))
+      return client_error(error::invalid("channel", "must be 1 to 100 letters, digits, '.', '_', '-'"));
+    if (!state.channels)
+      return client_error(error::make(errc::unavailable, "channels are not served on this node"), "");
+    if (auto ok = state.access.authorize(principal{}, access_action::read, {}); !ok) return client_error(ok.error());
+    if (streams.size() >= max_streams_per_connection)
+      return client_error(error::invalid("streamId", "at most " + std::to_string(max_streams_per_connection) +
+                                                         " streams per connection"));
+    std::string request_id;
+    if (const auto* rid = o.if_contains("requestId")) {
+      if (!rid->is_string() || rid->get_string().size() > 100)
+        return client_error(error::invalid("requestId", "must be a string of at most 100 characters"));
+      request_id = std::string(rid->get_string());
+    }
+    const std::string id = new_uuid_v4();
+    auto s = std::make_shared<ws_stream>();
+    s->channel = std::string(cv.get_string());
+    s->info = std::make_shared<stream_info>();
+    s->info->id = id;
+    s->info->client_id = client_id;
+    s->info->kind = "websocket";
+    s->info->connected_at = default_clock().now();
+    s->info->filter = json::object{{"channel", s->channel}};
+    s->wake = std::make_unique<signal>(executor);
+    s->request_id = std::move(request_id);
+    std::weak_ptr<ws_stream> weak = s;
+    auto ex = executor;
+    s->inbox = std::make_shared<channel_inbox>();
+    s->inbox->wake = [weak, ex] {
+      asio::post(ex, [weak] {
+        if (auto st = weak.lock()) st->wake->notify();
+      });
+    };
+    s->hub_token = state.channels->subscribe(
+        s->channel, [inbox = s->inbox](const std::shared_ptr<const channel_message>& m) { inbox->push(m); });
+    std::weak_ptr<ws_connection> conn = shared_from_this();
+    s->info->close = [conn, weak, ex] {
+      asio::post(ex, [conn, weak] {
+        auto c = conn.lock();
+        auto st = weak.lock();
+        if (!c || !st || st->closed) return;
+        c->send(error_message(st->info->id, error::make(errc::unavailable, "stream closed by an operator")));
+        c->end_stream(*st);
+        c->streams.erase(st->info->id);
+      });
+    };
+    streams[id] = s;
+    state.streams.add(s->info);
+    asio::co_spawn(executor, run_channel(s), asio::detached);
+  }
+
   void client_error(const error& e, std::string_view stream_id = "") {
     send(error_message(stream_id, e));
     auto now = std::chrono::steady_clock::now();
@@ -372,6 +549,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
                                               "' (subscribe, unsubscribe)"));
       return;
     }
+    if (o.contains("channel")) return subscribe_channel(o);
     for (const auto& kv : o)
       if (kv.key() != "type" && kv.key() != "filter" && kv.key() != "options" && kv.key() != "requestId") {
         client_error(error::invalid(std::string(kv.key()).substr(0, 100), "unknown member"));

@@ -736,7 +736,9 @@ struct postgres_store::impl {
       std::lock_guard lock(notify_mutex);
       notify_pending = true;
     }
-    notify_cv.notify_one();
+    // notify_all: the maintenance thread waits on the same condition variable, and a
+    // notify_one that woke it (its predicate false, back to sleep) lost this NOTIFY.
+    notify_cv.notify_all();
   }
 
   // After commits, at most one payload-free NOTIFY per 5 ms, from its own connection and
