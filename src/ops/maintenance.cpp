@@ -458,7 +458,14 @@ void snapshot_policy_service::run() {
       auto fresh = store_.group_sync(policy_group, opts_.member, 1, store_.head(), now, opts_.lease);
       const log_position after = fresh && !fresh->partitions.empty() ? fresh->partitions[0].checkpoint : log_position{};
       auto page = store_.read_all(after, opts_.page_size);
-      if (page && !page->empty()) {
+      bool stale = false;  // a policy registered while the page was read: rebuild first
+      {
+        std::lock_guard lock(mutex_);
+        stale = built != defs_version_;
+      }
+      if (stale) {
+        busy = true;
+      } else if (page && !page->empty()) {
         auto n = policies->on_events(*page);
         auto kept = store_.group_checkpoint(policy_group, 0, opts_.member, page->back().position);
         if (kept && *kept) {

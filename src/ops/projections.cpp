@@ -367,7 +367,12 @@ bool projection_manager::step(entry& p) {
   p.since_checkpoint += static_cast<std::int64_t>(folded.size());
   const bool due = p.since_checkpoint >= opts_.checkpoint_events ||
                    (p.since_checkpoint > 0 && steady::now() - p.last_checkpoint >= opts_.checkpoint_interval);
-  if (due || (caught_up && p.since_checkpoint > 0)) checkpoint(p);
+  bool behind = false;  // filtered-out events moved the position past the checkpoint
+  {
+    std::lock_guard lock(mutex_);
+    behind = p.position > p.pub.checkpoint_position;
+  }
+  if (due || (caught_up && (p.since_checkpoint > 0 || behind))) checkpoint(p);
   {
     std::lock_guard lock(mutex_);
     if (p.pub.generation == generation) {

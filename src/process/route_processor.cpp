@@ -12,6 +12,7 @@ route_processor::route_processor(event_store& store, log_tailer& tailer, event_b
   group_opts.batch = opts.batch;
   group_opts.lease = opts.lease;
   group_opts.start = opts.start;
+  group_opts.checkpoint_interval = opts.checkpoint_interval;
   member_ = std::make_unique<consumer_group_member>(
       store, tailer, clk, "pliers.routes", std::move(member), event_filter{},
       consumer_group_member::batch_handler([this, on_error = opts.on_error](std::span<const event* const> batch) {

@@ -22,6 +22,7 @@ class route_processor {
     std::size_t batch = 500;
     std::chrono::milliseconds lease{10000};
     subscription_start start = subscription_start::now();  // where a new group begins
+    std::chrono::milliseconds checkpoint_interval{250};  // consumer_group_member::options
     std::function<void(const std::string&)> on_error;      // a batch whose failures could not be filed
   };
   route_processor(event_store& store, log_tailer& tailer, event_bus& bus, const clock& clk, event_router& router,

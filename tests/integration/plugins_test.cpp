@@ -8,11 +8,15 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <fcntl.h>
+
 #include <fstream>
+#include <sstream>
 #include <set>
 #include <thread>
 
 #include "support/fixtures.hpp"
+#include "support/peers.hpp"
 #include "support/server_process.hpp"
 
 namespace pliers {
@@ -69,32 +73,11 @@ std::size_t count_of(const json::value& page, const char* member = "events") {
 // A remote plugin endpoint (tests/support/plugin_receiver.py) on loopback.
 class receiver {
  public:
-  explicit receiver(const std::filesystem::path& log) {
-    int out[2];
-    if (pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], 1);
-      close(out[0]);
-      execlp("python3", "python3", PLIERS_PLUGIN_RECEIVER, log.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(out[1]);
-    char buf[32] = {};
-    auto n = read(out[0], buf, sizeof buf - 1);
-    close(out[0]);
-    if (n <= 0) throw std::runtime_error("plugin receiver did not start");
-    port_ = std::atoi(buf);
-  }
-  ~receiver() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/plugin"; }
+  explicit receiver(const std::filesystem::path& log) : peer_({PLIERS_PLUGIN_RECEIVER, log.string()}) {}
+  std::string url() const { return peer_.base_url() + "/plugin"; }
 
  private:
-  pid_t pid_ = -1;
-  int port_ = 0;
+  python_peer peer_;
 };
 
 }  // namespace
@@ -218,10 +201,6 @@ TEST(Plugins, RemoteAndNativePluginsShareTheChain) {
   ASSERT_EQ(reg->status, 201) << reg->body;
   ASSERT_EQ(c->post("/v1/aggregates/form-r/events", append_body({event_json("form.created")}))->status, 201);
   auto noted = wait_for(*c, "/v1/events?type=remote.noted", [](const json::value& p) { return count_of(p) == 1; });
-  if (count_of(noted) != 1u) {
-    std::cerr << "DBG " << c->get("/v1/plugins")->body << "\n" << c->get("/v1/dead-letters")->body.substr(0, 800) << "\n"
-              << c->get("/v1/events?limit=20")->body.substr(0, 3000) << "\n";
-  }
   ASSERT_EQ(count_of(noted), 1u);
   auto executed = wait_for(*c, "/v1/events?type=plugin.executed", [](const json::value& p) { return count_of(p) == 2; });
   std::map<std::string, json::value> by_plugin;

@@ -131,7 +131,12 @@ TEST_F(Streams, AStormOfBadFramesOrAnOversizedFrameClosesTheConnection) {
     }
     while (big.read(5s)) {
     }
-    EXPECT_EQ(big.close_code(), 1009) << big.last_error().message();
+    // The server closes with 1009 without reading the rest of the frame; when that rest is
+    // still unread in its socket, its kernel may answer with a reset that overtakes the
+    // close frame (a TCP race, seen under load). Either way the connection is refused.
+    const auto ec = big.last_error();
+    const bool reset = ec == boost::asio::error::connection_reset || ec == boost::asio::error::broken_pipe;
+    EXPECT_TRUE(big.close_code() == 1009 || reset) << big.close_code() << " " << ec.message();
   }
   EXPECT_EQ(http_->get("/health")->status, 200u);
 }

@@ -33,7 +33,9 @@ inline std::optional<std::string> env_text(const char* name) {
   }                                                                                                      \
   const std::string var = *var##_opt
 
-// A Python script that prints its port on stdout and serves until killed.
+// A Python script that prints its port on stdout and serves until killed. The pipe stays
+// open until then: closing it right after reading the port made the script's own flush of
+// that line fail with BrokenPipeError now and then, killing the peer.
 class python_peer {
  public:
   explicit python_peer(const std::vector<std::string>& args) {
@@ -51,15 +53,17 @@ class python_peer {
       _exit(127);
     }
     close(out[1]);
-    char buf[32] = {};
-    auto n = read(out[0], buf, sizeof buf - 1);
-    close(out[0]);
-    if (n <= 0) throw std::runtime_error("python peer did not start");
-    port_ = std::atoi(buf);
+    out_ = out[0];
+    std::string line;
+    char ch = 0;
+    while (line.size() < 32 && read(out_, &ch, 1) == 1 && ch != '\n') line += ch;
+    if (line.empty()) throw std::runtime_error("python peer did not start");
+    port_ = std::atoi(line.c_str());
   }
   ~python_peer() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
+    close(out_);
   }
   python_peer(const python_peer&) = delete;
   python_peer& operator=(const python_peer&) = delete;
@@ -68,6 +72,7 @@ class python_peer {
 
  private:
   pid_t pid_ = -1;
+  int out_ = -1;
   int port_ = 0;
 };
 
