@@ -47,7 +47,7 @@ std::vector<event> make_events(int n, int types) {
     e.sequence = sequence_number(1);
     e.time = default_clock().now();
     e.metadata = {{"sourceSystem", "bench"}, {"sourceVersion", "1"}, {"region", "eu"}};
-    e.payload = {{"total", i}, {"customer", "c-" + std::to_string(i % 100)}, {"note", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"}};
+    e.payload = {{"total", i}, {"customer", "c-" + std::to_string(i % 1000) + "!"}, {"note", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"}};
     out.push_back(std::move(e));
   }
   return out;
@@ -118,6 +118,31 @@ int main(int argc, char** argv) {
     std::cout << "matching: " << rules << " pinned + 10 unindexed rules, " << events << " events in " << s << " s = "
               << static_cast<long long>(events / s) << " events/s; " << noop_target::count.load()
               << " no-op deliveries, " << router.matched() << " matches\n";
+  }
+  for (const char* op : {"equals", "contains"}) {
+    // 1,000 rules on a payload field: string equalities are indexed by value; `contains`
+    // cannot be, so every rule is tested on every event (the worst case).
+    auto make = [](const std::string& type, const json::object&, const std::string& field)
+        -> result<std::shared_ptr<route_target>> {
+      if (type != "noop") return error::invalid(field + ".type", "noop only");
+      return std::shared_ptr<route_target>(std::make_shared<noop_target>());
+    };
+    event_router router(store, default_clock(), retries, make, {.max_concurrent_deliveries = concurrency});
+    for (int i = 0; i < rules; ++i) {
+      json::object r{{"id", "a" + std::to_string(i)},
+                     {"conditions", json::array{json::object{{"type", "payload"}, {"field", "customer"}, {"operator", op},
+                                                              {"value", "c-" + std::to_string(i) + "!"}}}},
+                     {"targets", json::array{json::object{{"type", "noop"}}}}};
+      if (auto ok = router.add_route(r); !ok) throw std::runtime_error(ok.error().message);
+    }
+    const int n = std::string(op) == "equals" ? events : std::max(events / 10, 1000);
+    auto evs = make_events(n, 2000);
+    run(router, make_events(500, 2000), 500);
+    noop_target::count = 0;
+    const double s = run(router, evs, 500);
+    std::cout << "matching: " << rules << " payload '" << op << "' rules" << (std::string(op) == "equals" ? " (indexed)" : " (each tested)")
+              << ", " << n << " events in " << s << " s = " << static_cast<long long>(n / s) << " events/s; "
+              << noop_target::count.load() << " no-op deliveries\n";
   }
   {
     bench::loopback_endpoint endpoint;

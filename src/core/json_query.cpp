@@ -64,9 +64,22 @@ result<json_path> json_path::parse(std::string_view text, std::string_view field
   return p;
 }
 
-const json::value* json_path::resolve(const json::value& root) const noexcept {
-  const json::value* cur = &root;
+const json::value* json_path::resolve(const json::value& root) const noexcept { return walk(&root, nullptr); }
+
+const json::value* json_path::resolve(const json::object& root) const noexcept { return walk(nullptr, &root); }
+
+const json::value* json_path::walk(const json::value* cur, const json::object* start) const noexcept {
+  if (!cur && steps_.empty()) return nullptr;  // the object itself is not a value here
   for (const auto& st : steps_) {
+    if (start) {  // the first step from the root object
+      const auto* key = std::get_if<std::string>(&st);
+      if (!key) return nullptr;
+      auto it = start->find(*key);
+      if (it == start->end()) return nullptr;
+      cur = &it->value();
+      start = nullptr;
+      continue;
+    }
     if (const auto* key = std::get_if<std::string>(&st)) {
       const auto* obj = cur->if_object();
       if (!obj) return nullptr;

@@ -29,12 +29,15 @@ class json_path {
   static result<json_path> parse(std::string_view text, std::string_view field = "path");
   // The value at the path, or nullptr when it does not resolve.
   const boost::json::value* resolve(const boost::json::value& root) const noexcept;
+  // The same from an object (an event's payload or metadata) without wrapping it in a value.
+  const boost::json::value* resolve(const boost::json::object& root) const noexcept;
   const std::string& text() const noexcept { return text_; }
   // Steps: a string is an object key, a size_t an array index.
   using step = std::variant<std::string, std::size_t>;
   const std::vector<step>& steps() const noexcept { return steps_; }
 
  private:
+  const boost::json::value* walk(const boost::json::value* cur, const boost::json::object* start) const noexcept;
   std::string text_;
   std::vector<step> steps_;
 };

@@ -104,12 +104,24 @@ struct routing_rule {
   std::optional<std::int64_t> rate_max, rate_window_ms;
   std::mutex rate_mutex;
   std::int64_t tat_us = 0;  // GUARDED_BY(rate_mutex): GCRA theoretical arrival time
-  std::vector<std::string> type_keys;  // empty: tested on every event
+  std::vector<std::string> type_keys;  // empty: tested on every event (unless field-indexed)
+  // Else, a string equality (equals / in) on aggregate_type, payload or metadata indexes it:
+  // `index_field` ("aggregateType", "payload.<path>", "metadata.<path>") and its values.
+  std::string index_field;
+  std::vector<std::string> index_values;
   json::object source;                 // as stored (secrets included)
 };
 
 struct event_router::rule_set {
   std::unordered_map<std::string, std::vector<std::shared_ptr<routing_rule>>> by_type;
+  // Rules indexed by a string equality on one field: the event's value there picks them.
+  struct field_index {
+    std::string field;
+    std::optional<json_path> path;  // payload./metadata. fields
+    bool in_metadata = false;
+    std::unordered_map<std::string, std::vector<std::shared_ptr<routing_rule>>> by_value;
+  };
+  std::vector<field_index> by_field;
   std::vector<std::shared_ptr<routing_rule>> unindexed;
   std::vector<std::shared_ptr<routing_rule>> all;
 };
@@ -315,6 +327,23 @@ result<std::shared_ptr<routing_rule>> event_router::compile(const json::value& v
           return e;
         }
         c.leaf = std::move(*parsed);
+        if (c.type != "event_type" && r->index_field.empty() && (c.op == "equals" || c.op == "in")) {
+          std::vector<std::string> values;
+          const auto& wanted = leaf["value"];
+          if (c.op == "equals" && wanted.is_string()) values.emplace_back(wanted.get_string());
+          if (c.op == "in" && wanted.is_array())
+            for (const auto& x : wanted.get_array()) {
+              if (!x.is_string()) {
+                values.clear();
+                break;
+              }
+              values.emplace_back(x.get_string());
+            }
+          if (!values.empty() && (c.op == "equals" || values.size() == wanted.get_array().size())) {
+            r->index_field = leaf_field;
+            r->index_values = std::move(values);
+          }
+        }
         if (c.type == "event_type" && c.op == "equals" && leaf["value"].is_string()) {
           r->type_keys.push_back(std::string(leaf["value"].get_string()));
         } else if (c.type == "event_type" && c.op == "in" && r->type_keys.empty()) {
@@ -392,9 +421,30 @@ void event_router::rebuild() {
   for (const auto& [id, r] : rules_) {
     rs->all.push_back(r);
     if (!r->enabled) continue;
-    if (r->type_keys.empty()) rs->unindexed.push_back(r);
-    else
+    if (!r->type_keys.empty()) {
       for (const auto& k : r->type_keys) rs->by_type[k].push_back(r);
+    } else if (!r->index_field.empty()) {
+      auto it = std::find_if(rs->by_field.begin(), rs->by_field.end(),
+                             [&](const rule_set::field_index& fi) { return fi.field == r->index_field; });
+      if (it == rs->by_field.end()) {
+        rule_set::field_index fi;
+        fi.field = r->index_field;
+        if (fi.field != "aggregateType") {
+          fi.in_metadata = fi.field.starts_with("metadata");
+          auto path = json_path::parse(fi.field.substr(fi.field.find('.') + 1));
+          if (!path) {  // cannot index it: tested on every event
+            rs->unindexed.push_back(r);
+            continue;
+          }
+          fi.path = std::move(*path);
+        }
+        rs->by_field.push_back(std::move(fi));
+        it = std::prev(rs->by_field.end());
+      }
+      for (const auto& v : r->index_values) it->by_value[v].push_back(r);
+    } else {
+      rs->unindexed.push_back(r);
+    }
   }
   set_ = std::move(rs);
 }
@@ -550,9 +600,25 @@ void event_router::match(const rule_set& rs, const event& e, std::vector<std::sh
   if (auto it = rs.by_type.find(e.type); it != rs.by_type.end())
     for (const auto& r : it->second)
       if (rule_matches(*r, e, j)) out.push_back(r);
+  for (const auto& fi : rs.by_field) {
+    std::string_view value;
+    if (!fi.path) {
+      value = e.aggregate_type;
+    } else {
+      const auto* v = fi.path->resolve(fi.in_metadata ? e.metadata : e.payload);
+      if (!v || !v->is_string()) continue;  // a string equality cannot hold
+      value = v->get_string();
+    }
+    if (auto it = fi.by_value.find(std::string(value)); it != fi.by_value.end())
+      for (const auto& r : it->second)
+        if (rule_matches(*r, e, j)) out.push_back(r);
+  }
   for (const auto& r : rs.unindexed)
     if (rule_matches(*r, e, j)) out.push_back(r);
-  if (out.size() > 1) std::sort(out.begin(), out.end(), by_priority);
+  if (out.size() > 1) {
+    std::sort(out.begin(), out.end(), by_priority);
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
 }
 
 std::vector<json::object> event_router::routes_for_event(const event& e) const {

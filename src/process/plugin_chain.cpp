@@ -95,6 +95,7 @@ class native_runner {
 
  private:
   static constexpr auto spin_time = std::chrono::microseconds(50);
+  static constexpr auto worker_spin_time = std::chrono::microseconds(50);
 
   struct state {
     std::mutex mutex;
@@ -114,9 +115,10 @@ class native_runner {
     std::unique_lock lock(s->mutex);
     while (true) {
       if (s->queue.empty() && !s->stopping) {
-        // Spin a little for the next call before sleeping.
+        // Spin a little for the next call before sleeping (briefly: a spinning worker takes a
+        // core from the store's writer on small machines).
         lock.unlock();
-        const auto spin_until = std::chrono::steady_clock::now() + spin_time;
+        const auto spin_until = std::chrono::steady_clock::now() + worker_spin_time;
         while (s->queued.load() == 0 && std::chrono::steady_clock::now() < spin_until) std::this_thread::yield();
         lock.lock();
         ++s->sleeping;
