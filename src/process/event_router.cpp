@@ -464,10 +464,38 @@ result<json::object> event_router::add_route(const json::value& rule) {
   }
   auto stored = log_.append((*r)->id, "route.added", {{"routeId", (*r)->id}, {"rule", (*r)->source}});
   if (!stored) return std::move(stored).error();
-  std::unique_lock lock(mutex_);
-  rules_[(*r)->id] = *r;
-  rebuild();
+  {
+    std::unique_lock lock(mutex_);
+    if (rules_.empty()) first_rule_position_ = stored->events.front().position.value;
+    rules_[(*r)->id] = *r;
+    rebuild();
+  }
+  changed();
   return public_json(**r);
+}
+
+bool event_router::empty() const {
+  std::shared_lock lock(mutex_);
+  return rules_.empty();
+}
+
+log_position event_router::first_rule_position() const {
+  std::shared_lock lock(mutex_);
+  return log_position(first_rule_position_);
+}
+
+void event_router::set_on_change(std::function<void()> f) {
+  std::lock_guard lock(on_change_mutex_);
+  on_change_ = std::move(f);
+}
+
+void event_router::changed() {
+  std::function<void()> f;
+  {
+    std::lock_guard lock(on_change_mutex_);
+    f = on_change_;
+  }
+  if (f) f();
 }
 
 result<json::object> event_router::update_route(std::string_view id, const json::value& rule) {
@@ -546,9 +574,13 @@ void event_router::apply_lifecycle(const event& e) {
     if (!rule) return;
     auto r = compile(*rule, id);
     if (!r) return;  // a target kind this node does not have: it routes nothing for this rule
-    std::unique_lock lock(mutex_);
-    rules_[id] = *r;
-    rebuild();
+    {
+      std::unique_lock lock(mutex_);
+      if (rules_.empty()) first_rule_position_ = e.position.value;
+      rules_[id] = *r;
+      rebuild();
+    }
+    changed();
   } else if (e.type == "route.removed") {
     std::unique_lock lock(mutex_);
     rules_.erase(id);

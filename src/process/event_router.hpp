@@ -106,6 +106,11 @@ class event_router {
 
   result<void> load();
   void apply_lifecycle(const event& e);
+  bool empty() const;
+  // The position of the route.added that made the rule set non-empty.
+  log_position first_rule_position() const;
+  // Called (from the thread that made it) after a rule was added.
+  void set_on_change(std::function<void()> f);
   bool is_lifecycle(const event& e) const { return log_.is_lifecycle(e); }
 
   std::uint64_t delivered() const { return delivered_.load(); }
@@ -132,6 +137,10 @@ class event_router {
   std::unique_ptr<delivery_pool> pool_;
   mutable std::shared_mutex mutex_;
   std::map<std::string, std::shared_ptr<routing_rule>, std::less<>> rules_;  // GUARDED_BY(mutex_)
+  std::int64_t first_rule_position_ = 0;                                       // GUARDED_BY(mutex_)
+  void changed();
+  std::mutex on_change_mutex_;
+  std::function<void()> on_change_;  // GUARDED_BY(on_change_mutex_)
   std::shared_ptr<const rule_set> set_;                                        // GUARDED_BY(mutex_)
   std::atomic<std::uint64_t> delivered_{0}, failed_{0}, matched_{0};
 };

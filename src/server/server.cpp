@@ -109,7 +109,6 @@ struct http_server::impl {
   stream_registry streams;
   retry_engine retries;
   plugin_chain chain;
-  std::unique_ptr<event_bus> bus;
   std::unique_ptr<plugin_processor> processor;
   channel_hub channels;
   std::unique_ptr<event_router> router;
@@ -174,9 +173,8 @@ struct http_server::impl {
   result<void> start_routing(const std::string& member) {
     if (!router) return {};
     if (auto ok = router->load(); !ok) return ok;
-    if (!bus) bus = std::make_unique<event_bus>(store, tailer, 1);
     routing = std::make_unique<route_processor>(
-        store, tailer, *bus, default_clock(), *router, member,
+        store, tailer, default_clock(), *router, member,
         route_processor::options{.partitions = cfg.route_partitions,
                                  .lease = cfg.route_lease,
                                  .on_error = [](const std::string& what) { log::warn("routes", {{"error", what}}); }});
