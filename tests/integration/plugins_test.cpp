@@ -8,10 +8,7 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
-#include <fcntl.h>
-
 #include <fstream>
-#include <sstream>
 #include <set>
 #include <thread>
 
