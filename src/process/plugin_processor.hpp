@@ -14,11 +14,7 @@
 #include <memory>
 
 #include "bus/consumer_group.hpp"
-#include "bus/event_bus.hpp"
-
-#include <condition_variable>
-#include <mutex>
-#include <thread>
+#include "bus/lazy_consumer.hpp"
 #include "process/plugin_chain.hpp"
 
 namespace pliers {
@@ -44,20 +40,8 @@ class plugin_processor {
   std::uint64_t batch_failures() const;
 
  private:
-  void watch();
-  void ensure_member();  // called with mutex_ held
-
-  event_store& store_;
-  log_tailer& tailer_;
-  const clock& clock_;
   plugin_chain& chain_;
-  const std::string name_;
-  const options opts_;
-  mutable std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stopping_ = false, poke_ = false;            // GUARDED_BY(mutex_)
-  std::unique_ptr<consumer_group_member> member_;  // GUARDED_BY(mutex_)
-  std::thread watcher_;
+  std::unique_ptr<lazy_consumer> consumer_;
 };
 
 }  // namespace pliers

@@ -13,11 +13,7 @@
 #include <memory>
 
 #include "bus/consumer_group.hpp"
-#include "bus/event_bus.hpp"
-
-#include <condition_variable>
-#include <mutex>
-#include <thread>
+#include "bus/lazy_consumer.hpp"
 #include "process/event_router.hpp"
 
 namespace pliers {
@@ -40,20 +36,8 @@ class route_processor {
   std::uint64_t processed() const;
 
  private:
-  void watch();
-  void ensure_member();  // called with mutex_ held
-
-  event_store& store_;
-  log_tailer& tailer_;
-  const clock& clock_;
   event_router& router_;
-  const std::string name_;
-  const options opts_;
-  mutable std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stopping_ = false, poke_ = false;            // GUARDED_BY(mutex_)
-  std::unique_ptr<consumer_group_member> member_;  // GUARDED_BY(mutex_)
-  std::thread watcher_;
+  std::unique_ptr<lazy_consumer> consumer_;
 };
 
 }  // namespace pliers
