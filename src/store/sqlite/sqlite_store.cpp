@@ -47,6 +47,51 @@ using sqlite::statement;
 
 namespace {
 
+// BEGIN IMMEDIATE on a pooled connection; rolled back unless committed.
+class write_transaction {
+ public:
+  explicit write_transaction(connection& c) : c_(c) {}
+  ~write_transaction() {
+    if (open_) (void)c_.exec("ROLLBACK");
+  }
+  write_transaction(const write_transaction&) = delete;
+  write_transaction& operator=(const write_transaction&) = delete;
+  result<void> begin() {
+    auto r = c_.exec("BEGIN IMMEDIATE");
+    open_ = r.has_value();
+    return r;
+  }
+  result<void> commit() {
+    auto r = c_.exec("COMMIT");
+    if (r) open_ = false;
+    return r;
+  }
+
+ private:
+  connection& c_;
+  bool open_ = false;
+};
+
+// BEGIN on a pooled connection, so that several reads see one snapshot; ended on scope exit.
+class read_transaction {
+ public:
+  explicit read_transaction(connection& c) : c_(c) {}
+  ~read_transaction() {
+    if (open_) (void)c_.exec("COMMIT");
+  }
+  read_transaction(const read_transaction&) = delete;
+  read_transaction& operator=(const read_transaction&) = delete;
+  result<void> begin() {
+    auto r = c_.exec("BEGIN");
+    open_ = r.has_value();
+    return r;
+  }
+
+ private:
+  connection& c_;
+  bool open_ = false;
+};
+
 constexpr const char* pointer_type = "pliers_event_query";
 
 const char* const migrations[] = {
@@ -608,11 +653,8 @@ result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_
 result<query_result> sqlite_store::query(const event_query& q, const pagination& page) {
   auto db = impl_->reader();
   // One read transaction so that the count and the page see the same snapshot.
-  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
-  struct end_txn {
-    connection& c;
-    ~end_txn() { (void)c.exec("COMMIT"); }
-  } guard{*db};
+  read_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   const auto w = build_where(q);
   query_result out;
   {
@@ -656,11 +698,8 @@ result<event> sqlite_store::get_event(std::string_view id) {
 
 result<aggregate_metadata> sqlite_store::get_aggregate_metadata(std::string_view aggregate_id) {
   auto db = impl_->reader();
-  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
-  struct end_txn {
-    connection& c;
-    ~end_txn() { (void)c.exec("COMMIT"); }
-  } guard{*db};
+  read_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   aggregate_metadata m;
   {
     auto st = db->prepare(
@@ -700,13 +739,8 @@ result<void> sqlite_store::create_snapshot(std::string_view aggregate_id, std::i
   // Snapshots go through a reader connection in its own write transaction: they are not
   // events, take no log position, and so need not queue behind the group commit.
   auto db = impl_->reader();
-  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
-  bool committed = false;
-  struct end_txn {
-    connection& c;
-    bool& done;
-    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
-  } guard{*db, committed};
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   std::string type;
   std::int64_t version = 0;
   {
@@ -727,8 +761,7 @@ result<void> sqlite_store::create_snapshot(std::string_view aggregate_id, std::i
   st->bind(1, aggregate_id).bind(2, sequence).bind(3, std::string_view(type)).bind(4, std::string_view(text));
   st->bind(5, to_micros(impl_->clk.now()));
   if (st->step() != SQLITE_DONE) return db->last_error("create snapshot");
-  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
-  committed = true;
+  if (auto r = txn.commit(); !r) return std::move(r).error();
   return {};
 }
 
@@ -841,13 +874,8 @@ namespace pliers {
 result<event_store::group_view> sqlite_store::group_sync(std::string_view group, std::string_view member, int partitions,
                                                         log_position start, timestamp now, std::chrono::milliseconds ttl) {
   auto db = impl_->reader();
-  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
-  bool committed = false;
-  struct end_txn {
-    connection& c;
-    bool& done;
-    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
-  } guard{*db, committed};
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   {
     auto st = db->prepare("INSERT INTO consumer_group_members (group_name, member, heartbeat) VALUES (?1, ?2, ?3) "
                           "ON CONFLICT (group_name, member) DO UPDATE SET heartbeat = excluded.heartbeat");
@@ -882,8 +910,7 @@ result<event_store::group_view> sqlite_store::group_sync(std::string_view group,
       view.partitions.push_back(std::move(gp));
     }
   }
-  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
-  committed = true;
+  if (auto r = txn.commit(); !r) return std::move(r).error();
   return view;
 }
 
@@ -947,30 +974,6 @@ error dlq_missing(std::string_view id) {
   return error::make(errc::not_found, "no dead-letter entry " + std::string(id));
 }
 
-// BEGIN IMMEDIATE on a pooled connection; rolled back unless committed.
-class write_transaction {
- public:
-  explicit write_transaction(connection& c) : c_(c) {}
-  ~write_transaction() {
-    if (open_) (void)c_.exec("ROLLBACK");
-  }
-  write_transaction(const write_transaction&) = delete;
-  write_transaction& operator=(const write_transaction&) = delete;
-  result<void> begin() {
-    auto r = c_.exec("BEGIN IMMEDIATE");
-    open_ = r.has_value();
-    return r;
-  }
-  result<void> commit() {
-    auto r = c_.exec("COMMIT");
-    if (r) open_ = false;
-    return r;
-  }
-
- private:
-  connection& c_;
-  bool open_ = false;
-};
 
 // Steps a statement selecting (seq, body) to the end.
 result<std::vector<dead_letter>> collect_dead_letters(connection& db, statement& st, const char* what) {
@@ -1079,11 +1082,8 @@ result<dead_letter_page> sqlite_store::dlq_list(const dead_letter_filter& filter
 
   auto db = impl_->reader();
   // One read transaction so that the count and the page see the same snapshot.
-  if (auto r = db->exec("BEGIN"); !r) return std::move(r).error();
-  struct end_txn {
-    connection& c;
-    ~end_txn() { (void)c.exec("COMMIT"); }
-  } guard{*db};
+  read_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   dead_letter_page page;
   {
     auto st = db->prepare("SELECT COUNT(*) FROM dead_letters" + w.sql);
@@ -1215,13 +1215,8 @@ result<void> archive_one(connection& db, std::string_view aggregate_id, std::int
 
 result<compaction_outcome> sqlite_store::apply_compaction(const compaction_change& change) {
   auto db = impl_->reader();
-  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
-  bool committed = false;
-  struct end_txn {
-    connection& c;
-    bool& done;
-    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
-  } guard{*db, committed};
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   std::string type;
   {
     auto st = db->prepare("SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = ?");
@@ -1289,8 +1284,7 @@ result<compaction_outcome> sqlite_store::apply_compaction(const compaction_chang
     st->bind(1, out.events_after).bind(2, std::string_view(change.aggregate_id));
     if (st->step() != SQLITE_DONE) return db->last_error("update aggregate");
   }
-  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
-  committed = true;
+  if (auto r = txn.commit(); !r) return std::move(r).error();
   return out;
 }
 
@@ -1316,13 +1310,8 @@ result<std::vector<archived_event>> sqlite_store::list_archived(std::string_view
 
 result<std::int64_t> sqlite_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
   auto db = impl_->reader();
-  if (auto r = db->exec("BEGIN IMMEDIATE"); !r) return std::move(r).error();
-  bool committed = false;
-  struct end_txn {
-    connection& c;
-    bool& done;
-    ~end_txn() { if (!done) (void)c.exec("ROLLBACK"); }
-  } guard{*db, committed};
+  write_transaction txn(*db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
   // Newest archive rows first, so that when one event was archived by several compactions
   // (merged twice), the oldest original is written last and wins.
   auto put = db->prepare(std::string("INSERT OR REPLACE INTO events (") + archive_columns + ") SELECT " + archive_columns +
@@ -1344,8 +1333,7 @@ result<std::int64_t> sqlite_store::restore_archived(std::string_view aggregate_i
   if (!up) return std::move(up).error();
   up->bind(1, aggregate_id);
   if (up->step() != SQLITE_DONE) return db->last_error("restore count");
-  if (auto r = db->exec("COMMIT"); !r) return std::move(r).error();
-  committed = true;
+  if (auto r = txn.commit(); !r) return std::move(r).error();
   return restored;
 }
 
