@@ -737,16 +737,7 @@ result<std::vector<plugin_result>> plugin_chain::process_event(const event& e) {
 }
 
 result<void> plugin_chain::process_batch(std::span<const event* const> events) {
-  effects fx;
-  for (const event* e : events) {
-    if (is_lifecycle(*e)) continue;
-    auto r = execute(*e);
-    for (auto& res : r.results) {
-      auto en = find(res.plugin_id);
-      if (en) collect(*e, en, res, 1, fx);
-    }
-  }
-  return store_effects(fx);
+  return process_batch_async(events)();
 }
 
 std::function<result<void>()> plugin_chain::process_batch_async(std::span<const event* const> events) {
