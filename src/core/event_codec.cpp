@@ -202,7 +202,12 @@ result<std::vector<std::string>> string_list(const json::value& v, const std::st
   return out;
 }
 
-void write_event_json(std::string& out, const event& e) {
+namespace {
+
+// Everything of an event's JSON before "metadata"; both writers below share it.
+template <class Event>
+void write_event_head(std::string& out, const Event& e) {
+  thread_local rfc3339_writer time_writer;
   out += "{\"id\":";
   append_json_string(out, e.id);
   out += ",\"type\":";
@@ -210,7 +215,7 @@ void write_event_json(std::string& out, const event& e) {
   out += ",\"version\":";
   append_int(out, e.version);
   out += ",\"timestamp\":\"";
-  out += format_rfc3339(e.time);
+  out += time_writer.write(e.time);
   out += "\",\"aggregateId\":";
   append_json_string(out, e.aggregate_id);
   out += ",\"aggregateType\":";
@@ -227,12 +232,62 @@ void write_event_json(std::string& out, const event& e) {
     out += ",\"correlationId\":";
     append_json_string(out, *e.correlation_id);
   }
-  out += ",\"metadata\":";
-  out += json::serialize(e.metadata);
-  out += ",\"payload\":";
-  out += json::serialize(e.payload);
+}
+
+template <class Event>
+void add_event_to_page(event_json_page& page, const Event& e) {
+  if (page.count++) page.json += ',';
+  write_event_json(page.json, e);
+  page.last_sequence = e.sequence;
+  page.last_position = e.position;
+}
+
+void write_query_tail(std::string& out, std::int64_t total_count, bool has_more, const std::optional<std::string>& cursor) {
+  out += "],\"totalCount\":";
+  append_int(out, total_count);
+  out += ",\"hasMore\":";
+  out += has_more ? "true" : "false";
+  if (cursor) {
+    out += ",\"cursor\":";
+    append_json_string(out, *cursor);
+  }
   out += '}';
 }
+
+}  // namespace
+
+namespace {
+
+// json::serialize onto the end of out, without a temporary string.
+void append_serialized(std::string& out, const json::object& o) {
+  thread_local json::serializer sr;
+  sr.reset(&o);
+  char buf[2048];
+  while (!sr.done()) out += sr.read(buf);
+}
+
+}  // namespace
+
+void write_event_json(std::string& out, const event& e) {
+  write_event_head(out, e);
+  out += ",\"metadata\":";
+  append_serialized(out, e.metadata);
+  out += ",\"payload\":";
+  append_serialized(out, e.payload);
+  out += '}';
+}
+
+void write_event_json(std::string& out, const event_json_view& e) {
+  write_event_head(out, e);
+  out += ",\"metadata\":";
+  out += e.metadata_json;
+  out += ",\"payload\":";
+  out += e.payload_json;
+  out += '}';
+}
+
+void add_to_page(event_json_page& page, const event& e) { add_event_to_page(page, e); }
+void add_to_page(event_json_page& page, const event_json_view& e) { add_event_to_page(page, e); }
 
 json::object event_to_json(const event& e) {
   std::string s;
@@ -456,20 +511,33 @@ json::object to_json(const new_event& e) {
   return o;
 }
 
-json::object to_json(const append_result& r) {
-  json::object o;
-  o["aggregateId"] = r.aggregate_id;
-  o["version"] = r.version;
-  json::array evs;
-  evs.reserve(r.events.size());
-  for (const auto& e : r.events) {
-    evs.push_back(json::object{{"id", e.id},
-                               {"sequenceNumber", e.sequence.value},
-                               {"position", e.position.value},
-                               {"timestamp", format_rfc3339(e.time)}});
+void write_append_result_json(std::string& out, const append_result& r) {
+  thread_local rfc3339_writer time_writer;
+  out.reserve(out.size() + 64 + r.events.size() * 128);
+  out += "{\"aggregateId\":";
+  append_json_string(out, r.aggregate_id);
+  out += ",\"version\":";
+  append_int(out, r.version);
+  out += ",\"events\":[";
+  for (std::size_t i = 0; i < r.events.size(); ++i) {
+    const auto& e = r.events[i];
+    out += i ? ",{\"id\":" : "{\"id\":";
+    append_json_string(out, e.id);
+    out += ",\"sequenceNumber\":";
+    append_int(out, e.sequence.value);
+    out += ",\"position\":";
+    append_int(out, e.position.value);
+    out += ",\"timestamp\":\"";
+    out += time_writer.write(e.time);
+    out += "\"}";
   }
-  o["events"] = std::move(evs);
-  return o;
+  out += "]}";
+}
+
+json::object to_json(const append_result& r) {
+  std::string text;
+  write_append_result_json(text, r);
+  return json::parse(text).as_object();
 }
 
 json::object to_json(const aggregate_metadata& m) {
@@ -504,15 +572,13 @@ void write_query_result_json(std::string& out, const query_result& r) {
     if (i) out += ',';
     write_event_json(out, r.events[i]);
   }
-  out += "],\"totalCount\":";
-  append_int(out, r.total_count);
-  out += ",\"hasMore\":";
-  out += r.has_more ? "true" : "false";
-  if (r.cursor) {
-    out += ",\"cursor\":";
-    append_json_string(out, *r.cursor);
-  }
-  out += '}';
+  write_query_tail(out, r.total_count, r.has_more, r.cursor);
+}
+
+void write_query_result_json(std::string& out, const query_json_result& r) {
+  out += "{\"events\":[";
+  out += r.events.json;
+  write_query_tail(out, r.total_count, r.has_more, r.cursor);
 }
 
 }  // namespace pliers

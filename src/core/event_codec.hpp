@@ -5,6 +5,7 @@
 
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +25,26 @@ result<boost::json::value> parse_json(std::string_view text, const json_limits& 
 
 // Stored events.
 void write_event_json(std::string& out, const event& e);  // appends compact JSON
+// A stored event whose metadata and payload are JSON text already (as a store keeps them,
+// written by boost::json::serialize); written exactly as write_event_json writes the event.
+struct event_json_view {
+  std::string_view id;
+  std::string_view type;
+  std::int32_t version = 1;
+  timestamp time{};
+  std::string_view aggregate_id;
+  std::string_view aggregate_type;
+  sequence_number sequence{};
+  log_position position{};
+  std::optional<std::string_view> causation_id;
+  std::optional<std::string_view> correlation_id;
+  std::string_view metadata_json;
+  std::string_view payload_json;
+};
+void write_event_json(std::string& out, const event_json_view& e);
+// Appends e to a page (comma-separated) and records its sequence and position.
+void add_to_page(event_json_page& page, const event& e);
+void add_to_page(event_json_page& page, const event_json_view& e);
 boost::json::object event_to_json(const event& e);
 result<event> event_from_json(const boost::json::value& v);
 
@@ -43,9 +64,11 @@ boost::json::object to_json(const new_event& e);
 
 // Responses.
 boost::json::object to_json(const append_result& r);
+void write_append_result_json(std::string& out, const append_result& r);  // the same, as text
 boost::json::object to_json(const aggregate_metadata& m);
 boost::json::object to_json(const snapshot& s);
 void write_query_result_json(std::string& out, const query_result& r);
+void write_query_result_json(std::string& out, const query_json_result& r);
 
 // A string or an array of at most 1000 strings, as a list; errors name `field`.
 result<std::vector<std::string>> string_list(const boost::json::value& v, const std::string& field);

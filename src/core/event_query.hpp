@@ -44,6 +44,23 @@ struct query_result {
   std::optional<std::string> cursor;  // present when has_more
 };
 
+// Reads rendered as the API writes them: the events' JSON objects (write_event_json),
+// comma-separated, ready to go between "[" and "]". Backends that keep metadata and payload
+// as JSON text copy it instead of parsing and re-serializing it.
+struct event_json_page {
+  std::string json;
+  std::size_t count = 0;
+  sequence_number last_sequence{};  // of the last event written
+  log_position last_position{};
+};
+
+struct query_json_result {
+  event_json_page events;
+  std::int64_t total_count = 0;
+  bool has_more = false;
+  std::optional<std::string> cursor;
+};
+
 // Opaque cursor text for "after position p", and its strict decoder.
 std::string encode_cursor(log_position after);
 result<log_position> decode_cursor(std::string_view cursor, std::string_view field = "cursor");

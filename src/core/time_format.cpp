@@ -1,6 +1,8 @@
 #include "core/time_format.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdio>
 
 namespace pliers {
@@ -26,6 +28,57 @@ std::string format_rfc3339(timestamp t) {
                         static_cast<int>(m.count()), static_cast<int>(s.count()),
                         static_cast<long long>(us));
   return std::string(buf, static_cast<std::size_t>(n));
+}
+
+namespace {
+
+void two_digits(char* p, std::int64_t v) {
+  p[0] = static_cast<char>('0' + v / 10);
+  p[1] = static_cast<char>('0' + v % 10);
+}
+
+}  // namespace
+
+std::string_view rfc3339_writer::write(timestamp t) {
+  using namespace std::chrono;
+  const auto us_total = duration_cast<microseconds>(t.time_since_epoch()).count();
+  constexpr std::int64_t us_per_day = 86'400'000'000;
+  std::int64_t d = us_total / us_per_day, tod = us_total % us_per_day;
+  if (tod < 0) {
+    tod += us_per_day;
+    --d;
+  }
+  if (d != day_) {
+    const year_month_day ymd{sys_days{days{d}}};
+    const int y = static_cast<int>(ymd.year());
+    if (y < 0 || y > 9999) {  // not in the cached layout: the general formatter
+      const std::string text = format_rfc3339(t);
+      const std::size_t n = std::min(text.size(), sizeof fallback_);
+      std::memcpy(fallback_, text.data(), n);
+      return std::string_view(fallback_, n);
+    }
+    buf_[0] = static_cast<char>('0' + y / 1000);
+    buf_[1] = static_cast<char>('0' + y / 100 % 10);
+    buf_[2] = static_cast<char>('0' + y / 10 % 10);
+    buf_[3] = static_cast<char>('0' + y % 10);
+    buf_[4] = '-';
+    two_digits(buf_ + 5, static_cast<unsigned>(ymd.month()));
+    buf_[7] = '-';
+    two_digits(buf_ + 8, static_cast<unsigned>(ymd.day()));
+    buf_[10] = 'T';
+    buf_[13] = ':';
+    buf_[16] = ':';
+    buf_[19] = '.';
+    buf_[26] = 'Z';
+    day_ = d;
+  }
+  const std::int64_t secs = tod / 1'000'000;
+  two_digits(buf_ + 11, secs / 3600);
+  two_digits(buf_ + 14, secs / 60 % 60);
+  two_digits(buf_ + 17, secs % 60);
+  std::int64_t f = tod % 1'000'000;
+  for (int i = 25; i >= 20; --i, f /= 10) buf_[i] = static_cast<char>('0' + f % 10);
+  return std::string_view(buf_, 27);
 }
 
 namespace {

@@ -271,60 +271,6 @@ void push_object(lua_State* L, const state& s, const json::object& obj, int dept
   }
 }
 
-// RFC 3339 as format_rfc3339 writes it ("YYYY-MM-DDTHH:MM:SS.ffffffZ", UTC), without
-// snprintf: a projection formats one per event. The date part is cached per day.
-struct timestamp_writer {
-  std::int64_t day = std::numeric_limits<std::int64_t>::min();
-  char buf[32] = {};
-
-  static void two(char* p, std::int64_t v) {
-    p[0] = static_cast<char>('0' + v / 10);
-    p[1] = static_cast<char>('0' + v % 10);
-  }
-  std::string_view write(timestamp t) {
-    using namespace std::chrono;
-    const auto us_total = duration_cast<microseconds>(t.time_since_epoch()).count();
-    constexpr std::int64_t us_per_day = 86'400'000'000;
-    std::int64_t d = us_total / us_per_day, tod = us_total % us_per_day;
-    if (tod < 0) {
-      tod += us_per_day;
-      --d;
-    }
-    if (d != day) {
-      const year_month_day ymd{sys_days{days{d}}};
-      const int y = static_cast<int>(ymd.year());
-      if (y < 0 || y > 9999) {  // not in the cached layout: the general formatter
-        const std::string text = format_rfc3339(t);
-        const std::size_t n = std::min(text.size(), sizeof fallback);
-        std::memcpy(fallback, text.data(), n);
-        return std::string_view(fallback, n);
-      }
-      buf[0] = static_cast<char>('0' + y / 1000);
-      buf[1] = static_cast<char>('0' + y / 100 % 10);
-      buf[2] = static_cast<char>('0' + y / 10 % 10);
-      buf[3] = static_cast<char>('0' + y % 10);
-      buf[4] = '-';
-      two(buf + 5, static_cast<unsigned>(ymd.month()));
-      buf[7] = '-';
-      two(buf + 8, static_cast<unsigned>(ymd.day()));
-      buf[10] = 'T';
-      buf[13] = ':';
-      buf[16] = ':';
-      buf[19] = '.';
-      buf[26] = 'Z';
-      day = d;
-    }
-    const std::int64_t secs = tod / 1'000'000, us = tod % 1'000'000;
-    two(buf + 11, secs / 3600);
-    two(buf + 14, secs / 60 % 60);
-    two(buf + 17, secs % 60);
-    std::int64_t f = us;
-    for (int i = 25; i >= 20; --i, f /= 10) buf[i] = static_cast<char>('0' + f % 10);
-    return std::string_view(buf, 27);
-  }
-  char fallback[48] = {};  // trivially destructible: this runs where Lua may longjmp
-};
-
 void push_string_field(lua_State* L, const char* key, std::string_view v) {
   lua_pushlstring(L, v.data(), v.size());
   lua_setfield(L, -2, key);
@@ -339,7 +285,7 @@ void push_int_field(lua_State* L, const char* key, std::int64_t v) {
 void push_events(lua_State* L, const state& s, std::span<const event> events) {
   if (events.size() > max_args) luaL_error(L, "more than %d events", static_cast<int>(max_args));
   luaL_checkstack(L, 8, "events");
-  timestamp_writer tw;
+  rfc3339_writer tw;
   lua_createtable(L, clamp_int(events.size()), 0);
   lua_Integer i = 0;
   for (const event& e : events) {

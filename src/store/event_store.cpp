@@ -2,6 +2,7 @@
 
 #include <future>
 
+#include "core/event_codec.hpp"
 #include "core/validation.hpp"
 #include "store/memory/memory_store.hpp"
 #include "store/postgres/postgres_store.hpp"
@@ -69,6 +70,26 @@ void event_store::notify_committed() {
     o = observer_;
   }
   if (o) (*o)();
+}
+
+result<void> event_store::read_aggregate_json(std::string_view aggregate_id, std::int64_t from_version,
+                                             std::optional<std::int64_t> to_version, std::size_t limit,
+                                             event_json_page& page) {
+  auto events = read_aggregate(aggregate_id, from_version, to_version, limit);
+  if (!events) return std::move(events).error();
+  for (const auto& e : *events) add_to_page(page, e);
+  return {};
+}
+
+result<query_json_result> event_store::query_json(const event_query& q, const pagination& page) {
+  auto r = query(q, page);
+  if (!r) return std::move(r).error();
+  query_json_result out;
+  for (const auto& e : r->events) add_to_page(out.events, e);
+  out.total_count = r->total_count;
+  out.has_more = r->has_more;
+  out.cursor = std::move(r->cursor);
+  return out;
 }
 
 result<std::vector<event>> event_store::read_by_type(std::string_view type, std::optional<timestamp> from,

@@ -181,6 +181,15 @@ class event_store {
                                           std::optional<timestamp> to, std::size_t limit = max_page_limit);
   // queryEvents with pagination (totalCount, hasMore, cursor).
   virtual result<query_result> query(const event_query& q, const pagination& page) = 0;
+  // read_aggregate and query rendered as the API's JSON (core/event_query.hpp
+  // event_json_page); what the HTTP reads serve. The defaults render the decoded events; a
+  // backend that keeps metadata and payload as JSON text copies it instead.
+  // read_aggregate_json appends to `page` (after whatever text it holds, with a comma
+  // before each event but the page's first), so a caller can put its framing around it.
+  virtual result<void> read_aggregate_json(std::string_view aggregate_id, std::int64_t from_version,
+                                           std::optional<std::int64_t> to_version, std::size_t limit,
+                                           event_json_page& page);
+  virtual result<query_json_result> query_json(const event_query& q, const pagination& page);
   // The global log: events with position > after, in position order, at most `limit`.
   virtual result<std::vector<event>> read_all(log_position after, std::size_t limit) = 0;
   // One event by id; not_found when absent.

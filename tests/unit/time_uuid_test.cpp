@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <set>
+#include <vector>
 
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
@@ -19,6 +21,27 @@ TEST(TimeFormat, ParsesOffsetsFractionsAndDates) {
   EXPECT_EQ(format_rfc3339(*parse_rfc3339("2025-03-01T00:00:00.5-01:30")), "2025-03-01T01:30:00.500000Z");
   EXPECT_EQ(format_rfc3339(*parse_rfc3339("2024-02-29")), "2024-02-29T00:00:00.000000Z");
   EXPECT_EQ(format_rfc3339(*parse_rfc3339("2025-03-01T00:00:00.123456789Z")), "2025-03-01T00:00:00.123456Z");
+}
+
+// rfc3339_writer caches the date per day; it must write what format_rfc3339 writes for any
+// sequence of timestamps: across midnight, back and forth between days, before 1970, and
+// outside years 0000-9999 (the fallback).
+TEST(TimeFormat, CachingWriterMatchesTheGeneralFormatter) {
+  rfc3339_writer w;
+  std::vector<std::int64_t> micros = {0, 1, -1, 86'400'000'000 - 1, 86'400'000'000, -86'400'000'000,
+                                      -86'400'000'001, 1'735'689'599'999'999, 1'735'689'600'000'000,
+                                      1'709'164'800'123'456 /* 2024-02-29 */, 253'402'300'799'999'999 /* 9999-12-31 */,
+                                      253'402'300'800'000'000 /* 10000-01-01 */, -62'167'219'200'000'001 /* year -1 */};
+  std::uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 2000; ++i) {  // xorshift: reproducible spread over +-300 years
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    micros.push_back(static_cast<std::int64_t>(x % 19'000'000'000'000'000ull) - 9'500'000'000'000'000);
+  }
+  for (auto us : micros) {
+    auto t = from_micros(us);
+    EXPECT_EQ(w.write(t), format_rfc3339(t)) << us;
+    EXPECT_EQ(w.write(t), format_rfc3339(t)) << us;  // second time from the cached date
+  }
 }
 
 TEST(TimeFormat, RejectsMalformed) {

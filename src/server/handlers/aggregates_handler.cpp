@@ -42,7 +42,9 @@ asio::awaitable<reply> append(request_context& ctx, const std::string& aggregate
       co_return problem_reply(ok.error());
   auto r = co_await async_append(ctx.state.store, std::move(*req));
   if (!r) co_return problem_reply(r.error());
-  co_return json_reply(r->idempotent_replay ? http::status::ok : http::status::created, to_json(*r));
+  std::string out;
+  write_append_result_json(out, *r);
+  co_return json_text_reply(r->idempotent_replay ? http::status::ok : http::status::created, std::move(out));
 }
 
 asio::awaitable<reply> read_events(request_context& ctx, const std::string& aggregate_id) {
@@ -60,7 +62,7 @@ asio::awaitable<reply> read_events(request_context& ctx, const std::string& aggr
   struct cursor_state {
     std::int64_t next;
     std::optional<std::int64_t> to;
-    bool started = false, done = false, first = true;
+    bool started = false, done = false;
   };
   auto st = std::make_shared<cursor_state>(cursor_state{std::max<std::int64_t>(from->value_or(1), 1), *to});
   reply r;
@@ -70,27 +72,23 @@ asio::awaitable<reply> read_events(request_context& ctx, const std::string& aggr
   std::string id = aggregate_id;
   r.next_chunk = [st, &state, id]() -> asio::awaitable<result<std::optional<std::string>>> {
     if (st->done) co_return std::optional<std::string>();
-    std::string out;
-    if (!st->started) {
-      out = "{\"events\":[";
-      st->started = true;
-    }
-    auto page = co_await run_blocking(state.workers, [&] {
-      return state.store.read_aggregate(id, st->next, st->to, read_page);
+    // The page is written after this chunk's framing: the document's start, or the comma
+    // after the previous page's last event.
+    event_json_page page;
+    page.json = st->started ? "," : "{\"events\":[";
+    st->started = true;
+    auto r = co_await run_blocking(state.workers, [&] {
+      return state.store.read_aggregate_json(id, st->next, st->to, read_page, page);
     });
-    if (!page) co_return std::move(page).error();
-    for (const auto& e : *page) {
-      if (!st->first) out += ',';
-      st->first = false;
-      write_event_json(out, e);
-    }
-    if (page->size() < read_page) {
-      out += "]}";
+    if (!r) co_return std::move(r).error();
+    if (page.count == 0 && page.json == ",") page.json.clear();
+    if (page.count < read_page) {
+      page.json += "]}";
       st->done = true;
     } else {
-      st->next = page->back().sequence.value + 1;
+      st->next = page.last_sequence.value + 1;
     }
-    co_return std::optional<std::string>(std::move(out));
+    co_return std::optional<std::string>(std::move(page.json));
   };
   co_return r;
 }

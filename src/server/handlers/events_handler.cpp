@@ -70,7 +70,9 @@ asio::awaitable<reply> publish_one(request_context& ctx) {
     co_return problem_reply(ok.error());
   auto r = co_await async_append(ctx.state.store, std::move(*req));
   if (!r) co_return problem_reply(r.error());
-  co_return json_reply(r->idempotent_replay ? http::status::ok : http::status::created, to_json(*r));
+  std::string out;
+  write_append_result_json(out, *r);
+  co_return json_text_reply(r->idempotent_replay ? http::status::ok : http::status::created, std::move(out));
 }
 
 // POST /v1/events/batch: {"events": [NewEvent + aggregateId (+ expectedVersion)]},
@@ -180,10 +182,10 @@ namespace {
 
 asio::awaitable<reply> run_query(request_context& ctx, event_query q, pagination page) {
   if (auto ok = ctx.state.access.authorize(ctx.who, access_action::read, {}); !ok) co_return problem_reply(ok.error());
-  auto r = co_await run_blocking(ctx.state.workers, [&] { return ctx.state.store.query(q, page); });
+  auto r = co_await run_blocking(ctx.state.workers, [&] { return ctx.state.store.query_json(q, page); });
   if (!r) co_return problem_reply(r.error());
   std::string out;
-  out.reserve(r->events.size() * 512 + 64);
+  out.reserve(r->events.json.size() + 128);
   write_query_result_json(out, *r);
   co_return json_text_reply(http::status::ok, std::move(out));
 }

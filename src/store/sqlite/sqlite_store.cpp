@@ -32,6 +32,7 @@
 #include <mutex>
 
 #include "core/clock.hpp"
+#include "core/event_codec.hpp"
 #include "store/append_planner.hpp"
 #include "store/compaction_support.hpp"
 #include "store/dead_letter_codec.hpp"
@@ -242,6 +243,25 @@ result<event> row_to_event(const statement& st) {
   return e;
 }
 
+// A row of event_columns as a view for write_event_json: metadata and payload are the JSON
+// text the store wrote (json::serialize), copied, not parsed.
+event_json_view row_view(const statement& st) {
+  event_json_view v;
+  v.position = log_position(st.int64(0));
+  v.id = st.text(1);
+  v.type = st.text(2);
+  v.version = static_cast<std::int32_t>(st.int64(3));
+  v.time = from_micros(st.int64(4));
+  v.aggregate_id = st.text(5);
+  v.aggregate_type = st.text(6);
+  v.sequence = sequence_number(st.int64(7));
+  if (!st.is_null(8)) v.causation_id = st.text(8);
+  if (!st.is_null(9)) v.correlation_id = st.text(9);
+  v.metadata_json = st.text(10);
+  v.payload_json = st.text(11);
+  return v;
+}
+
 result<std::vector<scheduled_event>> collect_scheduled(connection& db, statement& st) {
   std::vector<scheduled_event> out;
   int rc;
@@ -275,6 +295,20 @@ result<std::vector<event>> collect_events(connection& db, statement& st, std::si
   }
   if (rc != SQLITE_DONE) return db.last_error(what);
   return out;
+}
+
+// The same, rendered as JSON onto page. Room for `expected` events the size of the first
+// is reserved once, so the text is not copied as it grows.
+result<void> collect_events_json(connection& db, statement& st, std::size_t expected, const char* what,
+                                 event_json_page& page) {
+  int rc;
+  for (bool first = true; (rc = st.step()) == SQLITE_ROW; first = false) {
+    const auto before = page.json.size();
+    add_to_page(page, row_view(st));
+    if (first) page.json.reserve(before + (page.json.size() - before + 16) * std::min<std::size_t>(expected, 10000));
+  }
+  if (rc != SQLITE_DONE) return db.last_error(what);
+  return {};
 }
 
 // SQL function pliers_match(column, query_pointer, which): evaluates the parts of an
@@ -385,6 +419,39 @@ void bind_where(statement& st, const where_clause& w, const event_query& q) {
     else st.bind(i++, std::string_view(std::get<std::string>(b)));
   }
   if (w.uses_pointer) st.bind_pointer(1, &q, pointer_type);
+}
+
+// queryEvents' count and page in one read transaction (so both see one snapshot). `row`
+// is called for each of at most page.limit rows of event_columns in position order and
+// returns the row's position. Returns has_more.
+template <class Row>
+result<bool> query_rows(connection& db, const event_query& q, const pagination& page, std::int64_t& total_count,
+                        Row&& row) {
+  read_transaction txn(db);
+  if (auto r = txn.begin(); !r) return std::move(r).error();
+  const auto w = build_where(q);
+  {
+    auto st = db.prepare("SELECT COUNT(*) FROM events" + w.sql);
+    if (!st) return std::move(st).error();
+    bind_where(*st, w, q);
+    if (st->step() != SQLITE_ROW) return db.last_error("count");
+    total_count = st->int64(0);
+  }
+  const int n = static_cast<int>(w.binds.size()) + 2;
+  auto st = db.prepare(std::string("SELECT ") + event_columns + " FROM events" + w.sql + " AND position > ?" +
+                       std::to_string(n) + " ORDER BY position LIMIT ?" + std::to_string(n + 1));
+  if (!st) return std::move(st).error();
+  bind_where(*st, w, q);
+  st->bind(n, page.after.value).bind(n + 1, static_cast<std::int64_t>(page.limit + 1));
+  std::size_t rows = 0;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+    if (rows == page.limit) return true;
+    if (auto r = row(*st); !r) return std::move(r).error();
+    ++rows;
+  }
+  if (rc != SQLITE_DONE) return db.last_error("query");
+  return false;
 }
 
 }  // namespace
@@ -642,6 +709,19 @@ result<std::vector<event>> sqlite_store::read_aggregate(std::string_view aggrega
   return collect_events(*db, *st, limit, "read aggregate");
 }
 
+result<void> sqlite_store::read_aggregate_json(std::string_view aggregate_id, std::int64_t from_version,
+                                              std::optional<std::int64_t> to_version, std::size_t limit,
+                                              event_json_page& page) {
+  auto db = impl_->reader();
+  auto st = db->prepare(std::string("SELECT ") + event_columns +
+                        " FROM events WHERE aggregate_id = ? AND sequence_number >= ? AND sequence_number <= ? "
+                        "ORDER BY sequence_number LIMIT ?");
+  if (!st) return std::move(st).error();
+  st->bind(1, aggregate_id).bind(2, from_version).bind(3, to_version.value_or(INT64_MAX));
+  st->bind(4, static_cast<std::int64_t>(limit));
+  return collect_events_json(*db, *st, limit, "read aggregate", page);
+}
+
 result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_t limit) {
   auto db = impl_->reader();
   auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events WHERE position > ? ORDER BY position LIMIT ?");
@@ -652,36 +732,31 @@ result<std::vector<event>> sqlite_store::read_all(log_position after, std::size_
 
 result<query_result> sqlite_store::query(const event_query& q, const pagination& page) {
   auto db = impl_->reader();
-  // One read transaction so that the count and the page see the same snapshot.
-  read_transaction txn(*db);
-  if (auto r = txn.begin(); !r) return std::move(r).error();
-  const auto w = build_where(q);
   query_result out;
-  {
-    auto st = db->prepare("SELECT COUNT(*) FROM events" + w.sql);
-    if (!st) return std::move(st).error();
-    bind_where(*st, w, q);
-    if (st->step() != SQLITE_ROW) return db->last_error("count");
-    out.total_count = st->int64(0);
-  }
-  const int n = static_cast<int>(w.binds.size()) + 2;
-  auto st = db->prepare(std::string("SELECT ") + event_columns + " FROM events" + w.sql + " AND position > ?" +
-                        std::to_string(n) + " ORDER BY position LIMIT ?" + std::to_string(n + 1));
-  if (!st) return std::move(st).error();
-  bind_where(*st, w, q);
-  st->bind(n, page.after.value).bind(n + 1, static_cast<std::int64_t>(page.limit + 1));
-  int rc;
-  while ((rc = st->step()) == SQLITE_ROW) {
-    if (out.events.size() == page.limit) {
-      out.has_more = true;
-      break;
-    }
-    auto e = row_to_event(*st);
+  auto more = query_rows(*db, q, page, out.total_count, [&](const statement& st) -> result<void> {
+    auto e = row_to_event(st);
     if (!e) return std::move(e).error();
     out.events.push_back(std::move(*e));
-  }
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return db->last_error("query");
+    return {};
+  });
+  if (!more) return std::move(more).error();
+  out.has_more = *more;
   if (out.has_more) out.cursor = encode_cursor(out.events.back().position);
+  return out;
+}
+
+result<query_json_result> sqlite_store::query_json(const event_query& q, const pagination& page) {
+  auto db = impl_->reader();
+  query_json_result out;
+  auto more = query_rows(*db, q, page, out.total_count, [&](const statement& st) -> result<void> {
+    const auto before = out.events.json.size();
+    add_to_page(out.events, row_view(st));
+    if (out.events.count == 1) out.events.json.reserve((out.events.json.size() - before + 16) * page.limit);
+    return {};
+  });
+  if (!more) return std::move(more).error();
+  out.has_more = *more;
+  if (out.has_more) out.cursor = encode_cursor(out.events.last_position);
   return out;
 }
 

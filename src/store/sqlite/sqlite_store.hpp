@@ -23,6 +23,10 @@ class sqlite_store final : public event_store {
   result<std::vector<event>> read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
                                             std::optional<std::int64_t> to_version, std::size_t limit) override;
   result<query_result> query(const event_query& q, const pagination& page) override;
+  result<void> read_aggregate_json(std::string_view aggregate_id, std::int64_t from_version,
+                                   std::optional<std::int64_t> to_version, std::size_t limit,
+                                   event_json_page& page) override;
+  result<query_json_result> query_json(const event_query& q, const pagination& page) override;
   result<std::vector<event>> read_all(log_position after, std::size_t limit) override;
   result<event> get_event(std::string_view id) override;
   result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) override;
