@@ -199,7 +199,7 @@ bool consumer_group_member::process() {
         if (owned_.count(partition)) owned_[partition] = last;
     }
     pending_ = pending_batch{partitions, log_position(from), last, std::move(wait),
-                             std::make_shared<const std::vector<std::shared_ptr<const event>>>(std::move(*batch))};
+                             std::make_shared<const std::vector<log_tailer::event_ptr>>(std::move(*batch))};
   }
   if (!worked) {  // idle: the checkpoints catch up
     (void)finish_pending();

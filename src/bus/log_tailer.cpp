@@ -1,5 +1,7 @@
 #include "bus/log_tailer.hpp"
 
+#include "core/event_codec.hpp"
+
 namespace pliers {
 
 log_tailer::log_tailer(event_store& store, options opts) : store_(store), opts_(opts), head_(store.head()) {
@@ -46,6 +48,11 @@ void log_tailer::remove_listener(std::uint64_t id) {
   listeners_.erase(id);
 }
 
+const std::string& tailed_event::json() const {
+  std::call_once(json_once_, [this] { write_event_json(json_, *this); });
+  return json_;
+}
+
 result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position after, std::size_t max) {
   {
     std::shared_lock lock(ring_mutex_);
@@ -61,7 +68,7 @@ result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position a
   if (!events) return std::move(events).error();
   std::vector<event_ptr> out;
   out.reserve(events->size());
-  for (auto& e : *events) out.push_back(std::make_shared<const event>(std::move(e)));
+  for (auto& e : *events) out.push_back(std::make_shared<const tailed_event>(std::move(e)));
   return out;
 }
 
@@ -98,7 +105,7 @@ void log_tailer::run() {
         for (auto& e : *batch) {
           if (e.position.value != head_.value + 1 && e.position.value > visible.value) break;
           head_ = e.position;
-          ring_.push_back(std::make_shared<const event>(std::move(e)));
+          ring_.push_back(std::make_shared<const tailed_event>(std::move(e)));
           if (ring_.size() > opts_.ring_capacity) ring_.pop_front();
         }
         new_head = head_;

@@ -28,14 +28,27 @@
 
 namespace pliers {
 
+// An event as the tailer hands it out, with its API JSON (write_event_json) made on first
+// use and then shared by every reader: live streams serialize an event once, not once per
+// subscriber.
+class tailed_event : public event {
+ public:
+  explicit tailed_event(event e) : event(std::move(e)) {}
+  const std::string& json() const;
+
+ private:
+  mutable std::once_flag json_once_;
+  mutable std::string json_;
+};
+
 class log_tailer {
  public:
   struct options {
-    std::size_t ring_capacity = 16384;  // about 24 MB of 400-byte events; older ones come from the store
+    std::size_t ring_capacity = 8192;  // about 23 MB of 400-byte events (decoded, plus their JSON once streamed); older ones come from the store
     std::size_t read_batch = 2000;
     std::chrono::milliseconds poll_interval{1000};
   };
-  using event_ptr = std::shared_ptr<const event>;
+  using event_ptr = std::shared_ptr<const tailed_event>;
   using listener = std::function<void(log_position head)>;
 
   log_tailer(event_store& store, options opts);

@@ -117,20 +117,30 @@ result<log_position> start_position(event_store& store, log_tailer& tailer, cons
   return log_position(0);
 }
 
-std::string message(std::string_view type, std::string_view stream_id, std::string_view data_json,
-                    std::string_view time_text = {}) {
-  std::string out;
-  out.reserve(data_json.size() + 96);
+// A WebSocketEventMessage in two halves, so that its data can be written in between
+// without a copy: message_head, the data's JSON, message_tail.
+void message_head(std::string& out, std::string_view type, std::string_view stream_id) {
   out += "{\"type\":\"";
   out += type;
   out += "\",\"streamId\":";
   append_json_string(out, stream_id);
   out += ",\"data\":";
-  out += data_json;
+}
+
+void message_tail(std::string& out, std::string_view time_text = {}) {
   out += ",\"timestamp\":\"";
   if (time_text.empty()) out += format_rfc3339(default_clock().now());
   else out += time_text;
   out += "\"}";
+}
+
+std::string message(std::string_view type, std::string_view stream_id, std::string_view data_json,
+                    std::string_view time_text = {}) {
+  std::string out;
+  out.reserve(data_json.size() + 96);
+  message_head(out, type, stream_id);
+  out += data_json;
+  message_tail(out, time_text);
   return out;
 }
 
@@ -387,28 +397,34 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
         co_await s->wake->wait_until(next_heartbeat);
         continue;
       }
-      std::string data;
+      // Each event's JSON is made once by the tailer and copied into every subscriber's
+      // message; a batch message is written in place.
+      std::string batch_message;
       const auto now = default_clock().now();
       const std::string now_text = format_rfc3339(now);
       std::size_t matched = 0;
-      if (s->options.batch) data += '[';
       for (const auto& e : *batch) {
         if (s->filter.matches(*e)) {
-          if (s->options.batch) {
-            if (matched) data += ',';
-            write_event_json(data, *e);
+          if (!s->options.batch) {
+            send(message("event", s->info->id, e->json(), now_text));
           } else {
-            data.clear();
-            write_event_json(data, *e);
-            send(message("event", s->info->id, data, now_text));
+            if (!matched) {
+              batch_message.reserve(batch->size() * (e->json().size() + 1) + 128);
+              message_head(batch_message, "events", s->info->id);
+              batch_message += '[';
+            } else {
+              batch_message += ',';
+            }
+            batch_message += e->json();
           }
           ++matched;
         }
         s->position = e->position;
       }
       if (s->options.batch && matched) {
-        data += ']';
-        send(message("events", s->info->id, data, now_text));
+        batch_message += ']';
+        message_tail(batch_message, now_text);
+        send(std::move(batch_message));
       }
       if (matched) {
         s->info->events_delivered += matched;
@@ -759,7 +775,7 @@ asio::awaitable<reply> handle_event_stream(request_context& ctx) {
         for (const auto& e : *batch) {
           if (st->filter.matches(*e)) {
             out += "id: " + std::to_string(e->position.value) + "\nevent: event\ndata: ";
-            write_event_json(out, *e);
+            out += e->json();
             out += "\n\n";
             ++st->info->events_delivered;
             st->info->last_event_at = to_micros(default_clock().now());
