@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "bus/event_bus.hpp"
+#include "core/event_codec.hpp"
 #include "core/uuid.hpp"
 
 namespace pliers {
@@ -70,6 +71,25 @@ TEST_P(EventBus, HistoryThenLiveWithNoGapOrDuplicate) {
   for (std::size_t i = 0; i < all_positions.size(); ++i) ASSERT_EQ(all_positions[i], static_cast<std::int64_t>(i + 1));
   ASSERT_EQ(even_positions.size(), 600u);
   for (std::size_t i = 0; i < even_positions.size(); ++i) ASSERT_EQ(even_positions[i], static_cast<std::int64_t>(2 * i + 1));
+}
+
+// The tailer's events carry their API JSON (what streams send), made once and shared:
+// from the ring and from the store alike, it is write_event_json of the event.
+TEST_P(EventBus, TailedEventsCarryTheirApiJson) {
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(bus_->publish("j-" + std::to_string(i % 3), make("json.one", i)));
+  auto sub = bus_->subscribe_with_filter({}, [](const event&) {}, subscription_start::beginning());
+  for (int i = 0; i < 500 && sub->position().value < 300; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (auto after : {0, 100, 290}) {  // 0 and 100 are older than the 256-event ring
+    auto batch = tailer_->read_after(log_position(after), 20);
+    ASSERT_TRUE(batch);
+    ASSERT_FALSE(batch->empty());
+    for (const auto& e : *batch) {
+      std::string want;
+      write_event_json(want, *e);
+      EXPECT_EQ(e->json(), want);
+      EXPECT_EQ(&e->json(), &e->json());  // made once
+    }
+  }
 }
 
 TEST_P(EventBus, AThrowingHandlerIsCountedAndOthersStillReceive) {
