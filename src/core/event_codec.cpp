@@ -2,9 +2,10 @@
 
 #include <boost/json.hpp>
 #include <boost/json/basic_parser_impl.hpp>
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <unordered_set>
-#include <charconv>
 #include <limits>
 
 #include "core/time_format.hpp"
@@ -15,58 +16,108 @@ namespace json = boost::json;
 
 namespace {
 
-// A first pass over untrusted JSON that refuses what json::parse would silently accept:
-// duplicate keys in one object (the last would win) and numbers outside the range of a
-// double (stored as infinity, they would make the event unreadable).
+// One pass over untrusted JSON that builds the value (as json::parser does, with a
+// value_stack) and refuses what json::parse would silently accept: duplicate keys in one
+// object (the last would win) and numbers outside the range of a double (stored as
+// infinity, they would make the event unreadable). Each open object's keys are kept in a
+// list that is reused from object to object, so checking costs no allocation per key
+// (short keys fit the strings' own buffers) and no hash table per small object.
 struct strict_json_handler {
   static constexpr std::size_t max_object_size = std::size_t(-1);
   static constexpr std::size_t max_array_size = std::size_t(-1);
   static constexpr std::size_t max_key_size = std::size_t(-1);
   static constexpr std::size_t max_string_size = std::size_t(-1);
-  std::vector<std::unordered_set<std::string>> keys;
+  json::value_stack st;
+  // [depth]: keys of the open object there. Up to 32 keys are searched in a list; a
+  // larger object moves them into a hash set (no quadratic cost for hostile input).
+  struct open_object {
+    std::vector<std::string> few;
+    std::unordered_set<std::string> many;
+    bool insert(const std::string& k) {
+      if (many.empty() && few.size() < 32) {
+        if (std::find(few.begin(), few.end(), k) != few.end()) return false;
+        few.push_back(k);
+        return true;
+      }
+      if (many.empty()) many.insert(few.begin(), few.end());
+      return many.insert(k).second;
+    }
+    void clear() {
+      few.clear();
+      if (!many.empty()) many = {};
+    }
+  };
+  std::vector<open_object> keys;
+  std::size_t depth = 0;
   std::string key;
   std::string problem;
 
-  bool on_document_begin(json::error_code&) { return true; }
-  bool on_document_end(json::error_code&) { return true; }
-  bool on_object_begin(json::error_code&) {
-    keys.emplace_back();
+  bool fail(const char* why, json::error_code& ec) {
+    problem = why;
+    ec = json::error::syntax;
+    return false;
+  }
+  bool on_document_begin(json::error_code&) {
+    st.reset();
     return true;
   }
-  bool on_object_end(std::size_t, json::error_code&) {
-    keys.pop_back();
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) {
+    if (++depth > keys.size()) keys.emplace_back();
+    keys[depth - 1].clear();
+    return true;
+  }
+  bool on_object_end(std::size_t n, json::error_code&) {
+    --depth;
+    st.push_object(n);
     return true;
   }
   bool on_array_begin(json::error_code&) { return true; }
-  bool on_array_end(std::size_t, json::error_code&) { return true; }
+  bool on_array_end(std::size_t n, json::error_code&) {
+    st.push_array(n);
+    return true;
+  }
   bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
     key.append(s.data(), s.size());
     return true;
   }
   bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
     key.append(s.data(), s.size());
-    if (!keys.back().insert(std::move(key)).second) {
-      problem = "duplicate key";
-      ec = json::error::syntax;
-      key.clear();
-      return false;
-    }
+    if (!keys[depth - 1].insert(key)) return fail("duplicate key", ec);
+    st.push_key(key);
     key.clear();
     return true;
   }
-  bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
-  bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
-  bool on_number_part(json::string_view, json::error_code&) { return true; }
-  bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
-  bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
-  bool on_double(double d, json::string_view, json::error_code& ec) {
-    if (std::isfinite(d)) return true;
-    problem = "number out of range";
-    ec = json::error::syntax;
-    return false;
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    st.push_chars(s);
+    return true;
   }
-  bool on_bool(bool, json::error_code&) { return true; }
-  bool on_null(json::error_code&) { return true; }
+  bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    st.push_string(s);
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(std::int64_t v, json::string_view, json::error_code&) {
+    st.push_int64(v);
+    return true;
+  }
+  bool on_uint64(std::uint64_t v, json::string_view, json::error_code&) {
+    st.push_uint64(v);
+    return true;
+  }
+  bool on_double(double d, json::string_view, json::error_code& ec) {
+    if (!std::isfinite(d)) return fail("number out of range", ec);
+    st.push_double(d);
+    return true;
+  }
+  bool on_bool(bool b, json::error_code&) {
+    st.push_bool(b);
+    return true;
+  }
+  bool on_null(json::error_code&) {
+    st.push_null();
+    return true;
+  }
   bool on_comment_part(json::string_view, json::error_code&) { return true; }
   bool on_comment(json::string_view, json::error_code&) { return true; }
 };
@@ -77,21 +128,18 @@ result<json::value> parse_json(std::string_view text, const json_limits& limits)
   json::parse_options opts;
   opts.max_depth = limits.max_depth;
   boost::system::error_code ec;
-  {
-    json::basic_parser<strict_json_handler> strict(opts);
-    strict.write_some(false, text.data(), text.size(), ec);
-    if (ec && !strict.handler().problem.empty())
-      return error::invalid("body", "malformed JSON: " + strict.handler().problem);
-    ec = {};
-  }
-  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, {}, opts);
+  json::basic_parser<strict_json_handler> p(opts);
+  const auto used = p.write_some(false, text.data(), text.size(), ec);
+  if (!ec && used < text.size()) ec = json::error::extra_data;
+  if (!ec && !p.done()) ec = json::error::incomplete;
   if (ec) {
-    std::string why = ec == json::error::too_deep
+    std::string why = !p.handler().problem.empty() ? "malformed JSON: " + p.handler().problem
+                      : ec == json::error::too_deep
                           ? "JSON nested deeper than " + std::to_string(limits.max_depth) + " levels"
                           : "malformed JSON: " + ec.message();
     return error::invalid("body", why);
   }
-  return v;
+  return p.handler().st.release();
 }
 
 void append_json_string(std::string& out, std::string_view s) {

@@ -449,8 +449,28 @@ void snapshot_policy_service::run() {
         built = defs_version_;
       }
     }
+    // With no policy the log is not read (every append would be read back and parsed for
+    // nothing): the owner only moves the checkpoint to the head it saw before looking at
+    // the policies, so a policy follows every event appended after it was registered.
+    const log_position head_before = store_.head();
+    bool no_policy;
+    {
+      std::lock_guard lock(mutex_);
+      no_policy = defs_.empty();
+    }
     const auto now = default_clock().now();
-    auto view = store_.group_sync(policy_group, opts_.member, 1, store_.head(), now, opts_.lease);
+    auto view = store_.group_sync(policy_group, opts_.member, 1, head_before, now, opts_.lease);
+    if (no_policy) {
+      if (view && !view->partitions.empty() && view->partitions[0].checkpoint < head_before) {
+        auto claimed = store_.group_claim(policy_group, 0, opts_.member, now, opts_.lease);
+        if (claimed && *claimed) (void)store_.group_checkpoint(policy_group, 0, opts_.member, head_before);
+      }
+      std::unique_lock lock(mutex_);
+      position_ = head_before.value;
+      if (stopping_) return;
+      cv_.wait_for(lock, opts_.idle_poll, [&] { return stopping_; });
+      continue;
+    }
     auto claimed = view ? store_.group_claim(policy_group, 0, opts_.member, now, opts_.lease) : result<bool>(false);
     const bool owner = claimed && *claimed;
     if (owner && view && !view->partitions.empty()) {

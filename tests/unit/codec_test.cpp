@@ -57,6 +57,40 @@ TEST(EventCodec, EscapesControlCharacters) {
   EXPECT_EQ(json::parse(out).as_string(), std::string("a\x01\"\\\t", 5));
 }
 
+// parse_json builds the value in one pass: it must give what json::parse gives for every
+// valid document, and refuse duplicate keys (at any depth, however the key is spelled),
+// numbers beyond a double, and trailing data, naming the problem.
+TEST(EventCodec, ParseJsonAgreesWithBoostAndRefusesWhatBoostWouldAccept) {
+  std::string wide = "{";
+  for (int i = 0; i < 300; ++i) wide += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+  wide += "}";
+  for (std::string doc : {std::string(R"({"a":{"b":[1,-2,3.5,1e300,null,true,false,"x\u00e9\n"]},"c":{},"d":[]})"),
+                          std::string(R"([{"a":1},{"a":2},{"a":{"a":{"a":3}}}])"), std::string("  \"just a string\" "),
+                          std::string("18446744073709551615"), std::string("-9223372036854775808"),
+                          std::string(R"({"a long key that does not fit a short string buffer at all":1,"b":2})"), wide}) {
+    auto mine = parse_json(doc, {});
+    ASSERT_TRUE(mine) << doc << ": " << mine.error().message;
+    EXPECT_EQ(*mine, json::parse(doc)) << doc;
+  }
+  for (auto [doc, why] : {std::pair<const char*, const char*>{R"({"a":1,"a":2})", "duplicate key"},
+                          {R"({"a":1,"\u0061":2})", "duplicate key"},
+                          {R"({"x":{"a":1,"b":{"c":1},"a":2}})", "duplicate key"},
+                          {R"([{"a":1},{"b":1,"b":2}])", "duplicate key"},
+                          {R"({"n":1e400})", "number out of range"},
+                          {R"({"a":1} {"b":2})", "extra"},
+                          {R"({"a":1}x)", "extra"}}) {
+    auto r = parse_json(doc, {});
+    ASSERT_FALSE(r) << doc;
+    EXPECT_EQ(r.error().field, "body");
+    EXPECT_NE(r.error().message.find(why), std::string::npos) << doc << ": " << r.error().message;
+  }
+  // The same key in sibling and nested objects is not a duplicate.
+  EXPECT_TRUE(parse_json(R"({"a":{"a":1},"b":{"a":2},"c":[{"a":3}]})", {}));
+  std::string wide_dup = wide;
+  wide_dup.insert(wide_dup.size() - 1, ",\"k150\":1");
+  EXPECT_FALSE(parse_json(wide_dup, {}));
+}
+
 TEST(EventCodec, ParseJsonEnforcesDepth) {
   std::string deep(65, '[');
   deep += std::string(65, ']');
