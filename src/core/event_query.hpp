@@ -35,6 +35,9 @@ inline constexpr std::size_t max_page_limit = 10000;
 struct pagination {
   std::size_t limit = default_page_limit;
   log_position after{};  // from a decoded cursor; 0 = from the start
+  // false: total_count is left 0. Counting every match scans the whole filtered log, which
+  // internal pollers that only page forward must not pay on every poll.
+  bool count_total = true;
 };
 
 struct query_result {

@@ -374,7 +374,7 @@ result<void> snapshot_policy_service::remove(std::string_view aggregate_type) {
 result<void> snapshot_policy_service::reload() {
   lifecycle_log log(store_, policy_type);
   std::map<std::string, json::object, std::less<>> defs;
-  auto r = log.replay({"snapshot_policy.*"}, [&](const event& e) {
+  auto r = log.replay({"snapshot_policy.set", "snapshot_policy.removed"}, [&](const event& e) {
     const auto* t = e.payload.if_contains("aggregateType");
     if (!t || !t->is_string()) return;
     if (e.type == "snapshot_policy.set") defs[std::string(t->get_string())] = e.payload;

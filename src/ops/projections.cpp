@@ -108,7 +108,7 @@ result<void> projection_manager::poll_registry() {
   event_query q;
   q.aggregate_types.push_back(log_.aggregate_type());
   std::unique_lock lock(mutex_);
-  pagination page{max_page_limit, registry_after_};
+  pagination page{max_page_limit, registry_after_, /*count_total=*/false};
   lock.unlock();
   while (true) {
     auto r = store_.query(q, page);

@@ -44,6 +44,7 @@ result<void> lifecycle_log::replay(const std::vector<std::string>& types, const 
   q.aggregate_types.push_back(aggregate_type_);
   pagination page;
   page.limit = max_page_limit;
+  page.count_total = false;
   while (true) {
     auto r = store_.query(q, page);
     if (!r) return std::move(r).error();

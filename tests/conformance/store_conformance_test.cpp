@@ -389,6 +389,27 @@ TEST_P(QueryConformance, PaginationWithCursor) {
   EXPECT_FALSE(exact.cursor);
 }
 
+// Without count_total a query pages exactly as with it (same events, hasMore, cursor);
+// only totalCount is left 0.
+TEST_P(QueryConformance, PagesWithoutTotalCountAreTheSamePages) {
+  for (const char* text : {R"({})", R"({"aggregateTypes":["form"]})", R"({"eventTypes":["form.*"]})"}) {
+    auto q = event_query_from_json(json::parse(text), "query");
+    ASSERT_TRUE(q);
+    log_position after(0);
+    for (int pages = 0; pages < 10; ++pages) {
+      auto counted = store_->query(*q, pagination{4, after});
+      auto uncounted = store_->query(*q, pagination{4, after, false});
+      ASSERT_TRUE(counted && uncounted) << text;
+      EXPECT_EQ(positions(*uncounted), positions(*counted)) << text;
+      EXPECT_EQ(uncounted->has_more, counted->has_more) << text;
+      EXPECT_EQ(uncounted->cursor, counted->cursor) << text;
+      EXPECT_EQ(uncounted->total_count, 0) << text;
+      if (!counted->has_more) break;
+      after = *decode_cursor(*counted->cursor);
+    }
+  }
+}
+
 // query_json (what HTTP serves) renders exactly what write_query_result_json makes of query.
 TEST_P(QueryConformance, JsonQueriesRenderTheSamePagesAsDecodedQueries) {
   for (const char* text : {R"({})", R"({"aggregateTypes":["form"]})", R"({"eventTypes":["nothing.here"]})",

@@ -81,13 +81,23 @@ result<std::vector<event>> memory_store::read_aggregate(std::string_view aggrega
 result<query_result> memory_store::query(const event_query& q, const pagination& page) {
   std::shared_lock lock(mutex_);
   query_result r;
-  for (std::size_t i = 0; i < log_.size(); ++i) {
+  // Without a total, only the events after the cursor are looked at, up to one past the page.
+  std::size_t i = 0;
+  if (!page.count_total)
+    i = static_cast<std::size_t>(std::partition_point(log_.begin(), log_.end(), [&](const event& e) {
+                                   return e.position <= page.after;
+                                 }) - log_.begin());
+  for (; i < log_.size(); ++i) {
     const auto& e = log_[i];
     if (!live_[i] || !q.matches(e)) continue;
-    ++r.total_count;
+    if (page.count_total) ++r.total_count;
     if (e.position <= page.after) continue;
-    if (r.events.size() < page.limit) r.events.push_back(e);
-    else r.has_more = true;
+    if (r.events.size() < page.limit) {
+      r.events.push_back(e);
+    } else {
+      r.has_more = true;
+      if (!page.count_total) break;
+    }
   }
   if (r.has_more) r.cursor = encode_cursor(r.events.back().position);
   return r;

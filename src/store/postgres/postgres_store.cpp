@@ -969,9 +969,11 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
       query_result out;
       const auto n = s.values.size();
       if (!s.has_residual) {
-        auto count = db.exec("SELECT count(*) FROM events" + s.where, s.values);
-        if (!count) return std::move(count).error();
-        out.total_count = count->int64(0, 0);
+        if (page.count_total) {
+          auto count = db.exec("SELECT count(*) FROM events" + s.where, s.values);
+          if (!count) return std::move(count).error();
+          out.total_count = count->int64(0, 0);
+        }
         auto values = s.values;
         values.emplace_back(std::to_string(page.after.value));
         values.emplace_back(std::to_string(page.limit + 1));
@@ -989,7 +991,7 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
       } else {
         // Conditions SQL cannot evaluate exactly are checked here, over the candidates in
         // position order, 1000 at a time (bounded memory); the count needs all of them.
-        std::int64_t last = 0;
+        std::int64_t last = page.count_total ? 0 : page.after.value;
         while (true) {
           auto values = s.values;
           values.emplace_back(std::to_string(last));
@@ -1002,12 +1004,12 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
           for (auto& e : *evs) {
             last = e.position.value;
             if (!s.residual.matches(e)) continue;
-            ++out.total_count;
+            if (page.count_total) ++out.total_count;
             if (e.position <= page.after) continue;
             if (out.events.size() < page.limit) out.events.push_back(std::move(e));
             else out.has_more = true;
           }
-          if (evs->size() < 1000) break;
+          if (evs->size() < 1000 || (out.has_more && !page.count_total)) break;
         }
       }
       if (out.has_more) out.cursor = encode_cursor(out.events.back().position);

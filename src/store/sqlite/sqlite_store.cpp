@@ -430,7 +430,7 @@ result<bool> query_rows(connection& db, const event_query& q, const pagination& 
   read_transaction txn(db);
   if (auto r = txn.begin(); !r) return std::move(r).error();
   const auto w = build_where(q);
-  {
+  if (page.count_total) {
     auto st = db.prepare("SELECT COUNT(*) FROM events" + w.sql);
     if (!st) return std::move(st).error();
     bind_where(*st, w, q);
