@@ -346,6 +346,8 @@ result<json::object> snapshot_policy_service::set(const json::value& body) {
     std::lock_guard lock(log.mutex());
     auto a = log.append(t->get_string(), "snapshot_policy.set", def);
     if (!a) return std::move(a).error();
+    std::lock_guard own(mutex_);
+    if (defs_.empty()) follow_after_ = std::max(follow_after_, a->events.back().position.value - 1);
   }
   std::lock_guard lock(mutex_);
   defs_[std::string(t->get_string())] = def;
@@ -374,14 +376,20 @@ result<void> snapshot_policy_service::remove(std::string_view aggregate_type) {
 result<void> snapshot_policy_service::reload() {
   lifecycle_log log(store_, policy_type);
   std::map<std::string, json::object, std::less<>> defs;
+  std::int64_t follow_after = 0;
   auto r = log.replay({"snapshot_policy.set", "snapshot_policy.removed"}, [&](const event& e) {
     const auto* t = e.payload.if_contains("aggregateType");
     if (!t || !t->is_string()) return;
-    if (e.type == "snapshot_policy.set") defs[std::string(t->get_string())] = e.payload;
-    else defs.erase(std::string(t->get_string()));
+    if (e.type == "snapshot_policy.set") {
+      if (defs.empty()) follow_after = e.position.value - 1;
+      defs[std::string(t->get_string())] = e.payload;
+    } else {
+      defs.erase(std::string(t->get_string()));
+    }
   });
   if (!r) return r;
   std::lock_guard lock(mutex_);
+  follow_after_ = std::max(follow_after_, follow_after);
   if (defs != defs_) {
     defs_ = std::move(defs);
     ++defs_version_;
@@ -449,34 +457,27 @@ void snapshot_policy_service::run() {
         built = defs_version_;
       }
     }
-    // With no policy the log is not read (every append would be read back and parsed for
-    // nothing): the owner only moves the checkpoint to the head it saw before looking at
-    // the policies, so a policy follows every event appended after it was registered.
-    const log_position head_before = store_.head();
-    bool no_policy;
+    std::int64_t follow_after;
     {
-      std::lock_guard lock(mutex_);
-      no_policy = defs_.empty();
+      // With no policy nothing touches the store (no lease, no reads of every append).
+      std::unique_lock lock(mutex_);
+      if (defs_.empty()) {
+        owner_ = false;
+        cv_.wait_for(lock, opts_.idle_poll, [&] { return stopping_; });
+        if (stopping_) return;
+        continue;
+      }
+      follow_after = follow_after_;
     }
     const auto now = default_clock().now();
-    auto view = store_.group_sync(policy_group, opts_.member, 1, head_before, now, opts_.lease);
-    if (no_policy) {
-      if (view && !view->partitions.empty() && view->partitions[0].checkpoint < head_before) {
-        auto claimed = store_.group_claim(policy_group, 0, opts_.member, now, opts_.lease);
-        if (claimed && *claimed) (void)store_.group_checkpoint(policy_group, 0, opts_.member, head_before);
-      }
-      std::unique_lock lock(mutex_);
-      position_ = head_before.value;
-      if (stopping_) return;
-      cv_.wait_for(lock, opts_.idle_poll, [&] { return stopping_; });
-      continue;
-    }
+    auto view = store_.group_sync(policy_group, opts_.member, 1, log_position(follow_after), now, opts_.lease);
     auto claimed = view ? store_.group_claim(policy_group, 0, opts_.member, now, opts_.lease) : result<bool>(false);
     const bool owner = claimed && *claimed;
     if (owner && view && !view->partitions.empty()) {
       // The partition's checkpoint (re-read: another node may have advanced it).
-      auto fresh = store_.group_sync(policy_group, opts_.member, 1, store_.head(), now, opts_.lease);
-      const log_position after = fresh && !fresh->partitions.empty() ? fresh->partitions[0].checkpoint : log_position{};
+      auto fresh = store_.group_sync(policy_group, opts_.member, 1, log_position(follow_after), now, opts_.lease);
+      const log_position after(std::max(
+          fresh && !fresh->partitions.empty() ? fresh->partitions[0].checkpoint.value : std::int64_t{0}, follow_after));
       auto page = store_.read_all(after, opts_.page_size);
       bool stale = false;  // a policy registered while the page was read: rebuild first
       {

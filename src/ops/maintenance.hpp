@@ -92,6 +92,9 @@ class snapshot_policy_service {
   std::map<std::string, boost::json::object, std::less<>> defs_;  // GUARDED_BY(mutex_)
   std::uint64_t defs_version_ = 0;                                 // GUARDED_BY(mutex_)
   std::int64_t position_ = 0;                                      // GUARDED_BY(mutex_)
+  // While there is no policy the log is not followed; the policies then follow the events
+  // after the "set" event that ended the last policy-free stretch (its position - 1).
+  std::int64_t follow_after_ = 0;  // GUARDED_BY(mutex_)
   bool owner_ = false;                                             // GUARDED_BY(mutex_)
   std::optional<std::string> last_error_;                          // GUARDED_BY(mutex_)
   bool stopping_ = false;                                          // GUARDED_BY(mutex_)

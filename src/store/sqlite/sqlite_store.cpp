@@ -243,6 +243,17 @@ result<event> row_to_event(const statement& st) {
   return e;
 }
 
+// Whether a query with one int64 parameter (?1) returns a row.
+result<bool> any_row(connection& db, const char* sql, std::int64_t param) {
+  auto st = db.prepare(sql);
+  if (!st) return std::move(st).error();
+  st->bind(1, param);
+  const int rc = st->step();
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  return db.last_error("poll");
+}
+
 // A row of event_columns as a view for write_event_json: metadata and payload are the JSON
 // text the store wrote (json::serialize), copied, not parsed.
 event_json_view row_view(const statement& st) {
@@ -919,6 +930,12 @@ result<void> sqlite_store::cancel_scheduled(std::string_view id) {
 
 result<std::vector<scheduled_event>> sqlite_store::claim_due(timestamp now, std::size_t max, std::chrono::seconds lease) {
   auto db = impl_->reader();
+  // A read first: an idle poll does not take the write lock the appends need.
+  if (auto any = any_row(*db, "SELECT 1 FROM scheduled_events WHERE status = 'pending' AND publish_at <= ?1 AND "
+                              "(claimed_until IS NULL OR claimed_until < ?1) LIMIT 1",
+                         to_micros(now));
+      !any || !*any)
+    return any ? result<std::vector<scheduled_event>>(std::vector<scheduled_event>{}) : std::move(any).error();
   auto st = db->prepare(std::string("UPDATE scheduled_events SET claimed_until = ?1, attempts = attempts + 1 "
                                     "WHERE id IN (SELECT id FROM scheduled_events WHERE status = 'pending' AND "
                                     "publish_at <= ?2 AND (claimed_until IS NULL OR claimed_until < ?2) "
@@ -1187,6 +1204,12 @@ result<dead_letter_page> sqlite_store::dlq_list(const dead_letter_filter& filter
 result<std::vector<dead_letter>> sqlite_store::dlq_claim_due(timestamp now, std::size_t max,
                                                              std::chrono::milliseconds lease) {
   auto db = impl_->reader();
+  // A read first: an idle poll does not take the write lock the appends need.
+  if (auto any = any_row(*db, "SELECT 1 FROM dead_letters WHERE (status = 'pending_retry' AND next_retry_at <= ?1) OR "
+                              "(status = 'retrying' AND lease_until <= ?1) LIMIT 1",
+                         to_micros(now));
+      !any || !*any)
+    return any ? result<std::vector<dead_letter>>(std::vector<dead_letter>{}) : std::move(any).error();
   // BEGIN IMMEDIATE takes the database's write lock first: concurrent claimers, in this
   // process or another, run one after the other and never see the same entry as due.
   write_transaction txn(*db);
