@@ -105,8 +105,15 @@ void projection_manager::apply_lifecycle(const event& e) {
 }
 
 result<void> projection_manager::poll_registry() {
+  // Only the lifecycle events after the last poll, found through the type index. Every
+  // position up to the head read first is visible to the query, so the next poll starts
+  // there even when nothing was found (not at the last lifecycle event, which would make
+  // every poll scan all that came after it).
   event_query q;
+  for (const char* t : {"projection.registered", "projection.rebuilt", "projection.removed"})
+    q.event_types.push_back(*type_pattern::parse(t));
   q.aggregate_types.push_back(log_.aggregate_type());
+  const log_position head = store_.head();
   std::unique_lock lock(mutex_);
   pagination page{max_page_limit, registry_after_, /*count_total=*/false};
   lock.unlock();
@@ -117,6 +124,7 @@ result<void> projection_manager::poll_registry() {
     std::lock_guard log_lock(log_.mutex());
     for (const auto& e : r->events) apply_lifecycle(e);
     if (!r->events.empty()) registry_after_ = std::max(registry_after_, r->events.back().position);
+    if (!r->has_more) registry_after_ = std::max(registry_after_, head);
     lock.unlock();
     if (!r->has_more || r->events.empty()) break;
     page.after = r->events.back().position;
