@@ -15,18 +15,7 @@ namespace json = boost::json;
 
 namespace {
 
-enum class op { equals, not_equals, contains, regex, in, not_in, exists, prefix, suffix, gt, gte, lt, lte };
-
-std::optional<op> op_from(std::string_view s) {
-  static const std::pair<std::string_view, op> ops[] = {
-      {"equals", op::equals}, {"not_equals", op::not_equals}, {"contains", op::contains}, {"regex", op::regex},
-      {"in", op::in},         {"not_in", op::not_in},         {"exists", op::exists},     {"prefix", op::prefix},
-      {"suffix", op::suffix}, {"gt", op::gt},                 {"gte", op::gte},           {"lt", op::lt},
-      {"lte", op::lte}};
-  for (auto& [name, o] : ops)
-    if (name == s) return o;
-  return std::nullopt;
-}
+using op = condition_op;
 
 enum class base_field { type, aggregate_type, aggregate_id, routing_key, version, sequence, position, time, metadata, payload };
 
@@ -76,6 +65,21 @@ std::optional<json::value> field_value(const event& e, base_field f, const json_
   return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<condition_op> condition_op_from(std::string_view s) {
+  static const std::pair<std::string_view, op> ops[] = {
+      {"equals", op::equals}, {"not_equals", op::not_equals}, {"contains", op::contains}, {"regex", op::regex},
+      {"in", op::in},         {"not_in", op::not_in},         {"exists", op::exists},     {"prefix", op::prefix},
+      {"suffix", op::suffix}, {"gt", op::gt},                 {"gte", op::gte},           {"lt", op::lt},
+      {"lte", op::lte}};
+  for (auto& [name, o] : ops)
+    if (name == s) return o;
+  return std::nullopt;
+}
+
+namespace {
+
 int compare_numbers_or_strings(const json::value& a, const json::value& b, bool& comparable) {
   comparable = true;
   auto num = [](const json::value& v) { return v.is_int64() || v.is_uint64() || v.is_double(); };
@@ -93,6 +97,52 @@ int compare_numbers_or_strings(const json::value& a, const json::value& b, bool&
 
 }  // namespace
 
+bool condition_op_holds(condition_op o, const json::value* v, const json::value& operand, const RE2* re) {
+  if (o == op::exists) return v != nullptr;
+  if (!v) return false;
+  switch (o) {
+    case op::equals: return json_equal(*v, operand);
+    case op::not_equals: return !json_equal(*v, operand);
+    case op::contains: return json_contains(*v, operand);
+    case op::regex: {
+      if (!v->is_string() || !re) return false;
+      const std::string_view s = v->get_string();
+      return RE2::PartialMatch(re2::StringPiece(s.data(), s.size()), *re);
+    }
+    case op::in:
+    case op::not_in: {
+      const auto& list = operand.get_array();
+      const bool found = std::any_of(list.begin(), list.end(), [&](const json::value& x) { return json_equal(*v, x); });
+      return o == op::in ? found : !found;
+    }
+    case op::prefix:
+      return v->is_string() && std::string_view(v->get_string()).starts_with(std::string_view(operand.get_string()));
+    case op::suffix:
+      return v->is_string() && std::string_view(v->get_string()).ends_with(std::string_view(operand.get_string()));
+    case op::gt:
+    case op::gte:
+    case op::lt:
+    case op::lte: {
+      bool comparable = false;
+      const int c = compare_numbers_or_strings(*v, operand, comparable);
+      if (!comparable) return false;
+      return o == op::gt ? c > 0 : o == op::gte ? c >= 0 : o == op::lt ? c < 0 : c <= 0;
+    }
+    case op::exists: return true;
+  }
+  return false;
+}
+
+std::shared_ptr<const RE2> compile_condition_regex(std::string_view pattern, std::string* why) {
+  RE2::Options opts;
+  opts.set_log_errors(false);
+  opts.set_max_mem(8 << 20);
+  auto re = std::make_shared<RE2>(re2::StringPiece(pattern.data(), pattern.size()), opts);
+  if (re->ok()) return re;
+  if (why) *why = re->error().substr(0, 200);
+  return nullptr;
+}
+
 struct condition::node {
   enum class kind { all, any, negate, leaf } k = kind::leaf;
   std::vector<node> children;
@@ -109,35 +159,8 @@ struct condition::node {
       case kind::negate: return !children.front().eval(e);
       case kind::leaf: break;
     }
-    auto v = field_value(e, field, path ? &*path : nullptr);
-    if (o == op::exists) return v.has_value();
-    if (!v) return false;
-    switch (o) {
-      case op::equals: return json_equal(*v, value);
-      case op::not_equals: return !json_equal(*v, value);
-      case op::contains: return json_contains(*v, value);
-      case op::regex:
-        return v->is_string() && RE2::PartialMatch(std::string(v->get_string()), *re);
-      case op::in:
-      case op::not_in: {
-        bool found = std::any_of(value.get_array().begin(), value.get_array().end(),
-                                 [&](const json::value& x) { return json_equal(*v, x); });
-        return o == op::in ? found : !found;
-      }
-      case op::prefix: return v->is_string() && std::string_view(v->get_string()).starts_with(std::string_view(value.get_string()));
-      case op::suffix: return v->is_string() && std::string_view(v->get_string()).ends_with(std::string_view(value.get_string()));
-      case op::gt:
-      case op::gte:
-      case op::lt:
-      case op::lte: {
-        bool comparable = false;
-        int c = compare_numbers_or_strings(*v, value, comparable);
-        if (!comparable) return false;
-        return o == op::gt ? c > 0 : o == op::gte ? c >= 0 : o == op::lt ? c < 0 : c <= 0;
-      }
-      case op::exists: return true;
-    }
-    return false;
+    const auto v = field_value(e, field, path ? &*path : nullptr);
+    return condition_op_holds(o, v ? &*v : nullptr, value, re.get());
   }
 };
 
@@ -205,7 +228,7 @@ result<condition::node> parse_node(const json::value& v, const std::string& fiel
                                                 "sequenceNumber, position, timestamp, metadata.<path>, payload.<path>)");
   const auto* opv = o->if_contains("operator");
   if (!opv || !opv->is_string()) return error::invalid(field + ".operator", "required string");
-  auto parsed = op_from(opv->get_string());
+  auto parsed = condition_op_from(opv->get_string());
   if (!parsed)
     return error::invalid(field + ".operator", "unknown operator '" + std::string(opv->get_string()).substr(0, 50) +
                                                    "' (equals, not_equals, contains, regex, in, not_in, exists, "
@@ -219,12 +242,9 @@ result<condition::node> parse_node(const json::value& v, const std::string& fiel
   if ((n.o == op::prefix || n.o == op::suffix || n.o == op::regex) && !n.value.is_string())
     return error::invalid(field + ".value", "must be a string for " + std::string(opv->get_string()));
   if (n.o == op::regex) {
-    RE2::Options opts;
-    opts.set_log_errors(false);
-    opts.set_max_mem(8 << 20);
-    auto re = std::make_shared<RE2>(std::string(n.value.get_string()), opts);
-    if (!re->ok()) return error::invalid(field + ".value", "invalid regular expression: " + re->error().substr(0, 200));
-    n.re = std::move(re);
+    std::string why;
+    n.re = compile_condition_regex(std::string_view(n.value.get_string()), &why);
+    if (!n.re) return error::invalid(field + ".value", "invalid regular expression: " + why);
   }
   return n;
 }

@@ -12,9 +12,11 @@
 
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/event.hpp"
@@ -22,7 +24,23 @@
 #include "core/result.hpp"
 #include "core/type_pattern.hpp"
 
+namespace re2 {
+class RE2;
+}
+
 namespace pliers {
+
+// The leaf operators of a condition, shared by every code that evaluates one (event
+// filters here, routing rules in process/event_router).
+enum class condition_op : std::uint8_t { equals, not_equals, contains, regex, in, not_in, exists, prefix, suffix, gt, gte, lt, lte };
+std::optional<condition_op> condition_op_from(std::string_view name);
+// Whether the operator holds for a field's value (nullptr: the field is missing, which
+// makes every operator but `exists` false). `operand` is the condition's value (an array
+// for in / not_in); `re` is the compiled operand of regex (compile_condition_regex).
+bool condition_op_holds(condition_op o, const boost::json::value* v, const boost::json::value& operand, const re2::RE2* re);
+// The regex operand compiled as conditions compile it (RE2, 8 MiB, no logging); nullptr
+// with `why` set when the pattern is invalid.
+std::shared_ptr<const re2::RE2> compile_condition_regex(std::string_view pattern, std::string* why = nullptr);
 
 class condition {
  public:

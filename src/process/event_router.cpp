@@ -1,5 +1,8 @@
 #include "process/event_router.hpp"
 
+#include <re2/re2.h>
+#include <re2/set.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -19,13 +22,62 @@ namespace {
 
 constexpr const char* lifecycle_type = "route";
 constexpr std::size_t max_conditions = 64, max_targets = 16;
+// A prefilter (one RE2::Set pass, ~0.2 us) pays for itself from this many contains or
+// regex conditions on one field; fewer are evaluated one by one.
+constexpr std::size_t min_prefilter_rules = 8;
+// RE2 memory budget of one prefilter set (program and DFA cache): 1,000 literals need
+// well under 1 MiB; a set that runs out makes its rules be tested one by one.
+constexpr std::int64_t prefilter_max_mem = 32 << 20;
+
+// Where a condition's value comes from: the event's type or aggregate type, or a path in
+// its metadata or payload.
+enum class field_base : std::uint8_t { type, aggregate_type, metadata, payload };
 
 struct compiled_condition {
   std::string type, op, field;
-  std::optional<condition> leaf;  // every type but custom
-  std::string lua;                // custom
-  std::uint64_t uid = 0;          // custom: the key of its compiled function in each thread's sandbox
+  // The router evaluates every non-custom condition itself on the field's value, resolved
+  // once per event for all the rules that test that field (route_match_scratch): `field_key`
+  // names the field ("type", "aggregateType", "payload.a.b"...). The operator is evaluated by
+  // core/event_filter's condition_op_holds, as condition::matches does (which resolves the
+  // field anew for each condition); tests/unit/event_router_test.cpp compares the two. `leaf` is kept only for a field the
+  // router cannot resolve itself (none today: a path must start with a key).
+  std::string field_key;  // empty: custom, or evaluated by `leaf`
+  field_base base = field_base::type;
+  std::optional<json_path> path;  // metadata / payload
+  condition_op o = condition_op::equals;
+  json::value value;              // null for exists without a value
+  std::shared_ptr<const RE2> re;  // regex
+  std::optional<condition> leaf;
+  std::string lua;        // custom
+  std::uint64_t uid = 0;  // custom: the key of its compiled function in each thread's sandbox
 };
+
+// Sets up the router's own evaluation of a parsed leaf {field: leaf_field, operator,
+// value?}; leaves c.field_key empty when it cannot (then `leaf` evaluates it).
+void compile_fast(compiled_condition& c, const std::string& leaf_field, const json::object& leaf) {
+  auto o = condition_op_from(c.op);
+  if (!o) return;
+  if (leaf_field == "type") {
+    c.base = field_base::type;
+  } else if (leaf_field == "aggregateType") {
+    c.base = field_base::aggregate_type;
+  } else {
+    // As core/event_filter parses "payload.<rest>" / "metadata[...]": the path "$<rest>".
+    const bool meta = leaf_field.starts_with("metadata");
+    const std::string_view rest = std::string_view(leaf_field).substr(meta ? 8 : 7);
+    auto p = json_path::parse(rest.empty() ? "$" : "$" + std::string(rest));
+    if (!p || p->steps().empty()) return;  // the whole object: not a value here
+    c.base = meta ? field_base::metadata : field_base::payload;
+    c.path = std::move(*p);
+  }
+  if (const auto* v = leaf.if_contains("value")) c.value = *v;
+  if (*o == condition_op::regex) {
+    c.re = compile_condition_regex(std::string_view(c.value.get_string()));
+    if (!c.re) return;
+  }
+  c.o = *o;
+  c.field_key = leaf_field;
+}
 
 std::atomic<std::uint64_t> next_condition_uid{1};
 
@@ -112,18 +164,83 @@ struct routing_rule {
   json::object source;                 // as stored (secrets included)
 };
 
-struct event_router::rule_set {
-  std::unordered_map<std::string, std::vector<std::shared_ptr<routing_rule>>> by_type;
+// Lookups by std::string_view without making a std::string.
+struct string_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+template <class V>
+using string_map = std::unordered_map<std::string, V, string_hash, std::equal_to<>>;
+
+// An immutable snapshot of the enabled rules, indexed; shared by the threads matching.
+struct route_rule_set {
+  static constexpr std::uint32_t no_slot = ~std::uint32_t{0};
+  // Every distinct field the conditions test; an event resolves each at most once.
+  struct field_slot {
+    field_base base = field_base::type;
+    const json_path* path = nullptr;  // metadata / payload: owned by a rule of `entries`
+  };
+  std::vector<field_slot> slots;
+  // A rule and the slot of each of its conditions (no_slot: custom, or evaluated by `leaf`).
+  struct entry {
+    std::shared_ptr<routing_rule> rule;
+    std::vector<std::uint32_t> slots;
+  };
+  std::vector<entry> entries;  // every rule, disabled ones included (explain)
+  string_map<std::vector<std::uint32_t>> by_type;
   // Rules indexed by a string equality on one field: the event's value there picks them.
   struct field_index {
-    std::string field;
-    std::optional<json_path> path;  // payload./metadata. fields
-    bool in_metadata = false;
-    std::unordered_map<std::string, std::vector<std::shared_ptr<routing_rule>>> by_value;
+    std::uint32_t slot = 0;
+    string_map<std::vector<std::uint32_t>> by_value;
   };
   std::vector<field_index> by_field;
-  std::vector<std::shared_ptr<routing_rule>> unindexed;
-  std::vector<std::shared_ptr<routing_rule>> all;
+  // Unindexed rules with a `contains` (string value) or `regex` condition, grouped by the
+  // field it tests and the operator: one pass of an RE2::Set over the field's string tells
+  // which of them can hold; only those rules are then evaluated. Sets are built on first
+  // use (a rule change rebuilds the snapshot; loading N rules must not compile N sets).
+  struct prefilter {
+    std::uint32_t slot = 0;
+    bool literal = false;           // contains: QuoteMeta'd values, Latin-1 (bytes, as find)
+    std::unique_ptr<RE2::Set> set;  // regex: the patterns, core/event_filter's options
+    std::vector<std::vector<std::uint32_t>> by_pattern;  // the rules of each pattern index
+    std::vector<std::uint32_t> rules;                    // all of them
+  };
+  mutable std::once_flag prefilters_built;
+  mutable std::vector<prefilter> prefilters;   // written once, under prefilters_built
+  mutable std::vector<std::uint32_t> unfiltered;  // likewise: unindexed rules tested on every event
+  std::vector<std::uint32_t> unindexed;        // the prefiltered ones and the others
+  // Fills prefilters and unfiltered from unindexed. REQUIRES: called once (prefilters_built).
+  void build_prefilters() const;
+};
+
+// Per-event values of the rule set's field slots, resolved when first asked; and the
+// scratch space of one matching thread.
+struct route_match_scratch {
+  const route_rule_set* rs = nullptr;
+  const event* e = nullptr;
+  std::vector<const json::value*> values;
+  std::vector<std::uint8_t> resolved;
+  json::value type, aggregate_type;  // the event's, as JSON, when a condition needs them
+  std::vector<int> set_hits;  // RE2::Set::Match's output
+
+  void reset(const route_rule_set& r, const event& ev) {
+    rs = &r;
+    e = &ev;
+    values.assign(r.slots.size(), nullptr);
+    resolved.assign(r.slots.size(), 0);
+  }
+  const json::value* get(std::uint32_t slot) {
+    if (resolved[slot]) return values[slot];
+    resolved[slot] = 1;
+    const auto& fs = rs->slots[slot];
+    switch (fs.base) {
+      case field_base::type: type = e->type; return values[slot] = &type;
+      case field_base::aggregate_type: aggregate_type = e->aggregate_type; return values[slot] = &aggregate_type;
+      case field_base::metadata: return values[slot] = fs.path->resolve(e->metadata);
+      case field_base::payload: return values[slot] = fs.path->resolve(e->payload);
+    }
+    return nullptr;
+  }
 };
 
 // Threads delivering; a batch waits for its own jobs.
@@ -201,7 +318,7 @@ event_router::event_router(event_store& store, const clock& clk, retry_engine& r
                            options opts)
     : store_(store), clock_(clk), retries_(retries), make_(std::move(make)), opts_(opts), log_(store, lifecycle_type),
       pool_(std::make_unique<delivery_pool>(opts.max_concurrent_deliveries)),
-      set_(std::make_shared<rule_set>()) {
+      set_(std::make_shared<route_rule_set>()) {
   retries_.register_consumer("route", [this](const dead_letter& d, std::int64_t attempt) { return retry(d, attempt); });
 }
 
@@ -326,7 +443,8 @@ result<std::shared_ptr<routing_rule>> event_router::compile(const json::value& v
           if (e.field == f + ".field") e.field = f + (c.field.empty() ? ".type" : ".field");
           return e;
         }
-        c.leaf = std::move(*parsed);
+        compile_fast(c, leaf_field, leaf);
+        if (c.field_key.empty()) c.leaf = std::move(*parsed);
         if (c.type != "event_type" && r->index_field.empty() && (c.op == "equals" || c.op == "in")) {
           std::vector<std::string> values;
           const auto& wanted = leaf["value"];
@@ -347,9 +465,9 @@ result<std::shared_ptr<routing_rule>> event_router::compile(const json::value& v
         if (c.type == "event_type" && c.op == "equals" && leaf["value"].is_string()) {
           r->type_keys.push_back(std::string(leaf["value"].get_string()));
         } else if (c.type == "event_type" && c.op == "in" && r->type_keys.empty()) {
+          // A type is a string: the other members can never be equal to it.
           for (const auto& x : leaf["value"].get_array())
             if (x.is_string()) r->type_keys.push_back(std::string(x.get_string()));
-            else r->type_keys.clear();
         }
       }
       conds.push_back(cs->get_array()[i]);
@@ -417,39 +535,114 @@ json::object public_json(const routing_rule& r) {
 }  // namespace
 
 void event_router::rebuild() {
-  auto rs = std::make_shared<rule_set>();
+  auto rs = std::make_shared<route_rule_set>();
+  // Field keys are views of the rules' conditions, which the snapshot keeps alive.
+  std::unordered_map<std::string_view, std::uint32_t> slot_of;
   for (const auto& [id, r] : rules_) {
-    rs->all.push_back(r);
+    const auto index = static_cast<std::uint32_t>(rs->entries.size());
+    route_rule_set::entry en{r, {}};
+    for (const auto& c : r->conditions) {
+      if (c.field_key.empty()) {
+        en.slots.push_back(route_rule_set::no_slot);
+        continue;
+      }
+      auto [it, fresh] = slot_of.try_emplace(c.field_key, static_cast<std::uint32_t>(rs->slots.size()));
+      if (fresh) rs->slots.push_back({c.base, c.path ? &*c.path : nullptr});
+      en.slots.push_back(it->second);
+    }
+    rs->entries.push_back(std::move(en));
     if (!r->enabled) continue;
     if (!r->type_keys.empty()) {
-      for (const auto& k : r->type_keys) rs->by_type[k].push_back(r);
-    } else if (!r->index_field.empty()) {
+      for (const auto& k : r->type_keys) rs->by_type[k].push_back(index);
+    } else if (auto slot = slot_of.find(r->index_field); !r->index_field.empty() && slot != slot_of.end()) {
+      // The field is resolved as the indexing condition resolves it.
       auto it = std::find_if(rs->by_field.begin(), rs->by_field.end(),
-                             [&](const rule_set::field_index& fi) { return fi.field == r->index_field; });
+                             [&](const route_rule_set::field_index& fi) { return fi.slot == slot->second; });
       if (it == rs->by_field.end()) {
-        rule_set::field_index fi;
-        fi.field = r->index_field;
-        if (fi.field != "aggregateType") {
-          fi.in_metadata = fi.field.starts_with("metadata");
-          auto path = json_path::parse(fi.field.substr(fi.field.find('.') + 1));
-          if (!path) {  // cannot index it: tested on every event
-            rs->unindexed.push_back(r);
-            continue;
-          }
-          fi.path = std::move(*path);
-        }
-        rs->by_field.push_back(std::move(fi));
+        rs->by_field.push_back({slot->second, {}});
         it = std::prev(rs->by_field.end());
       }
-      for (const auto& v : r->index_values) it->by_value[v].push_back(r);
+      for (const auto& v : r->index_values) it->by_value[v].push_back(index);
     } else {
-      rs->unindexed.push_back(r);
+      rs->unindexed.push_back(index);
     }
   }
   set_ = std::move(rs);
 }
 
-std::shared_ptr<const event_router::rule_set> event_router::snapshot() const {
+void route_rule_set::build_prefilters() const {
+  // Each unindexed rule's first contains (string value) or regex condition on a field;
+  // grouped by (field, operator) in order of first use.
+  struct member {
+    std::uint32_t rule;
+    std::string_view value;
+  };
+  struct group {
+    std::uint32_t slot;
+    bool literal;
+    std::vector<member> members;
+  };
+  std::vector<group> groups;
+  for (auto index : unindexed) {
+    const auto& en = entries[index];
+    const auto& conds = en.rule->conditions;
+    std::size_t i = 0;
+    for (; i < conds.size(); ++i)
+      if (en.slots[i] != no_slot &&
+          ((conds[i].o == condition_op::contains && conds[i].value.is_string()) || conds[i].o == condition_op::regex))
+        break;
+    if (i == conds.size()) {
+      unfiltered.push_back(index);
+      continue;
+    }
+    const bool literal = conds[i].o == condition_op::contains;
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const group& x) { return x.slot == en.slots[i] && x.literal == literal; });
+    if (g == groups.end()) g = groups.insert(groups.end(), {en.slots[i], literal, {}});
+    g->members.push_back({index, conds[i].value.get_string()});
+  }
+  for (auto& g : groups) {
+    if (g.members.size() < min_prefilter_rules) {
+      for (const auto& m : g.members) unfiltered.push_back(m.rule);
+      continue;
+    }
+    // contains is a byte substring search (std::string_view::find): a quoted literal in
+    // Latin-1, where every byte is a character. regex: the condition's own options.
+    RE2::Options options;
+    options.set_log_errors(false);
+    if (g.literal) options.set_encoding(RE2::Options::EncodingLatin1);
+    options.set_max_mem(prefilter_max_mem);
+    prefilter pf;
+    pf.slot = g.slot;
+    pf.literal = g.literal;
+    pf.set = std::make_unique<RE2::Set>(options, RE2::UNANCHORED);
+    std::unordered_map<std::string, int> pattern_index;
+    for (const auto& m : g.members) {
+      std::string pattern =
+          g.literal ? RE2::QuoteMeta(re2::StringPiece(m.value.data(), m.value.size())) : std::string(m.value);
+      auto it = pattern_index.find(pattern);
+      if (it == pattern_index.end()) {
+        const int n = pf.set->Add(pattern, nullptr);
+        if (n < 0) {  // not expressible in the set: tested on every event
+          unfiltered.push_back(m.rule);
+          continue;
+        }
+        it = pattern_index.emplace(std::move(pattern), n).first;
+        pf.by_pattern.resize(static_cast<std::size_t>(n) + 1);
+      }
+      pf.by_pattern[static_cast<std::size_t>(it->second)].push_back(m.rule);
+      pf.rules.push_back(m.rule);
+    }
+    if (pf.rules.empty()) continue;
+    if (!pf.set->Compile()) {  // over the memory budget: tested on every event
+      unfiltered.insert(unfiltered.end(), pf.rules.begin(), pf.rules.end());
+      continue;
+    }
+    prefilters.push_back(std::move(pf));
+  }
+}
+
+std::shared_ptr<const route_rule_set> event_router::snapshot() const {
   std::shared_lock lock(mutex_);
   return set_;
 }
@@ -589,7 +782,35 @@ void event_router::apply_lifecycle(const event& e) {
 }
 
 result<void> event_router::load() {
-  return log_.replay({"route.added", "route.updated", "route.removed"}, [this](const event& e) { apply_lifecycle(e); });
+  // Only the lifecycle events after the last load, found through the type index. Positions
+  // are visible in commit order (docs/storage.md), so every event up to the head read
+  // first is seen by the query and the next load starts there even when nothing was found.
+  // Our own appends come back once too; apply_lifecycle skips what was applied already.
+  std::lock_guard serial(load_mutex_);
+  event_query q;
+  for (const char* t : {"route.added", "route.updated", "route.removed"}) {
+    auto p = type_pattern::parse(t);
+    if (!p) return std::move(p).error();
+    q.event_types.push_back(std::move(*p));
+  }
+  q.aggregate_types.push_back(lifecycle_type);
+  const log_position head = store_.head();
+  pagination page{max_page_limit, loaded_through_, /*count_total=*/false};
+  while (true) {
+    auto r = store_.query(q, page);
+    if (!r) return std::move(r).error();
+    for (const auto& e : r->events) apply_lifecycle(e);
+    if (!r->events.empty()) loaded_through_ = std::max(loaded_through_, r->events.back().position);
+    if (!r->has_more) loaded_through_ = std::max(loaded_through_, head);
+    if (!r->has_more || r->events.empty()) break;
+    page.after = r->events.back().position;
+  }
+  return {};
+}
+
+log_position event_router::loaded_through() const {
+  std::lock_guard serial(load_mutex_);
+  return loaded_through_;
 }
 
 namespace {
@@ -604,8 +825,13 @@ struct lazy_json {
   }
 };
 
-bool holds(const compiled_condition& c, const event& e, lazy_json& j, std::string* why) {
-  if (c.leaf) return c.leaf->matches(e);
+bool by_priority(const std::shared_ptr<routing_rule>& a, const std::shared_ptr<routing_rule>& b) {
+  return a->priority != b->priority ? a->priority > b->priority : a->id < b->id;
+}
+
+bool holds(const compiled_condition& c, std::uint32_t slot, route_match_scratch& s, lazy_json& j, std::string* why) {
+  if (slot != route_rule_set::no_slot) return condition_op_holds(c.o, s.get(slot), c.value, c.re.get());
+  if (c.leaf) return c.leaf->matches(*s.e);
   auto r = run_custom(c, j.get());
   if (!r) {
     if (why) *why = r.error().message.substr(0, 300);
@@ -614,39 +840,53 @@ bool holds(const compiled_condition& c, const event& e, lazy_json& j, std::strin
   return *r;
 }
 
-bool rule_matches(const routing_rule& r, const event& e, lazy_json& j) {
-  for (const auto& c : r.conditions)
-    if (!holds(c, e, j, nullptr)) return false;
+bool rule_matches(std::uint32_t index, route_match_scratch& s, lazy_json& j) {
+  const auto& en = s.rs->entries[index];
+  const auto& conds = en.rule->conditions;
+  for (std::size_t i = 0; i < conds.size(); ++i)
+    if (!holds(conds[i], en.slots[i], s, j, nullptr)) return false;
   return true;
-}
-
-bool by_priority(const std::shared_ptr<routing_rule>& a, const std::shared_ptr<routing_rule>& b) {
-  return a->priority != b->priority ? a->priority > b->priority : a->id < b->id;
 }
 
 }  // namespace
 
-void event_router::match(const rule_set& rs, const event& e, std::vector<std::shared_ptr<routing_rule>>& out) const {
+void event_router::match(const route_rule_set& rs, const event& e, route_match_scratch& s,
+                         std::vector<std::shared_ptr<routing_rule>>& out) const {
   out.clear();
+  std::call_once(rs.prefilters_built, [&] { rs.build_prefilters(); });
+  s.reset(rs, e);
   lazy_json j{e, std::nullopt};
+  auto test = [&](std::uint32_t index) {
+    if (rule_matches(index, s, j)) out.push_back(rs.entries[index].rule);
+  };
   if (auto it = rs.by_type.find(e.type); it != rs.by_type.end())
-    for (const auto& r : it->second)
-      if (rule_matches(*r, e, j)) out.push_back(r);
+    for (auto index : it->second) test(index);
   for (const auto& fi : rs.by_field) {
-    std::string_view value;
-    if (!fi.path) {
-      value = e.aggregate_type;
-    } else {
-      const auto* v = fi.path->resolve(fi.in_metadata ? e.metadata : e.payload);
-      if (!v || !v->is_string()) continue;  // a string equality cannot hold
-      value = v->get_string();
-    }
-    if (auto it = fi.by_value.find(std::string(value)); it != fi.by_value.end())
-      for (const auto& r : it->second)
-        if (rule_matches(*r, e, j)) out.push_back(r);
+    const auto* v = s.get(fi.slot);
+    if (!v || !v->is_string()) continue;  // a string equality cannot hold
+    if (auto it = fi.by_value.find(std::string_view(v->get_string())); it != fi.by_value.end())
+      for (auto index : it->second) test(index);
   }
-  for (const auto& r : rs.unindexed)
-    if (rule_matches(*r, e, j)) out.push_back(r);
+  for (const auto& pf : rs.prefilters) {
+    const auto* v = s.get(pf.slot);
+    if (!v) continue;  // contains and regex are false on a missing field
+    if (!v->is_string()) {
+      // regex is false; contains holds for an array with an equal element: evaluate them.
+      if (pf.literal)
+        for (auto index : pf.rules) test(index);
+      continue;
+    }
+    const re2::StringPiece text(v->get_string().data(), v->get_string().size());
+    s.set_hits.clear();
+    RE2::Set::ErrorInfo info{RE2::Set::kNoError};
+    if (pf.set->Match(text, &s.set_hits, &info)) {
+      for (int h : s.set_hits)
+        for (auto index : pf.by_pattern[static_cast<std::size_t>(h)]) test(index);
+    } else if (info.kind != RE2::Set::kNoError) {  // the set could not tell (out of memory): test them all
+      for (auto index : pf.rules) test(index);
+    }
+  }
+  for (auto index : rs.unfiltered) test(index);
   if (out.size() > 1) {
     std::sort(out.begin(), out.end(), by_priority);
     out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -655,7 +895,8 @@ void event_router::match(const rule_set& rs, const event& e, std::vector<std::sh
 
 std::vector<json::object> event_router::routes_for_event(const event& e) const {
   std::vector<std::shared_ptr<routing_rule>> hits;
-  if (!is_lifecycle(e)) match(*snapshot(), e, hits);
+  route_match_scratch scratch;
+  if (!is_lifecycle(e)) match(*snapshot(), e, scratch, hits);
   std::vector<json::object> out;
   for (const auto& r : hits) out.push_back(public_json(*r));
   return out;
@@ -663,11 +904,17 @@ std::vector<json::object> event_router::routes_for_event(const event& e) const {
 
 std::vector<route_explanation> event_router::explain(const event& e) const {
   auto rs = snapshot();
-  auto all = rs->all;
-  std::sort(all.begin(), all.end(), by_priority);
+  std::vector<std::uint32_t> order(rs->entries.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::uint32_t a, std::uint32_t b) { return by_priority(rs->entries[a].rule, rs->entries[b].rule); });
   std::vector<route_explanation> out;
+  route_match_scratch scratch;
+  scratch.reset(*rs, e);
   lazy_json j{e, std::nullopt};
-  for (const auto& r : all) {
+  for (auto index : order) {
+    const auto& en = rs->entries[index];
+    const auto& r = en.rule;
     route_explanation x;
     x.rule_id = r->id;
     x.enabled = r->enabled;
@@ -678,7 +925,7 @@ std::vector<route_explanation> event_router::explain(const event& e) const {
     for (std::size_t i = 0; i < r->conditions.size(); ++i) {
       const auto& c = r->conditions[i];
       std::string err;
-      const bool ok = holds(c, e, j, &err);
+      const bool ok = holds(c, en.slots[i], scratch, j, &err);
       std::string what = "conditions[" + std::to_string(i) + "] (" + c.type + (c.op.empty() ? "" : " " + c.op) +
                          (c.field.empty() ? "" : " " + c.field) + "): " + (ok ? "true" : "false");
       if (!err.empty()) what += " (" + err + ")";
@@ -727,11 +974,12 @@ result<std::vector<route_result>> event_router::run(std::span<const event* const
   };
   std::vector<delivery_job> jobs;
   std::vector<std::shared_ptr<routing_rule>> hits;
+  route_match_scratch scratch;
   const auto now = clock_.now();
   const auto now_us = to_micros(now);
   for (const event* e : events) {
     if (is_lifecycle(*e)) continue;
-    match(*rs, *e, hits);
+    match(*rs, *e, scratch, hits);
     for (const auto& r : hits) {
       ++matched_;
       std::optional<timestamp> slot;

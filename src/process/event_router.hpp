@@ -10,7 +10,13 @@
 // calling thread (one per thread, instruction and memory capped); a custom condition that
 // fails to run does not match.
 // Matching cost: rules whose conditions pin the event type (event_type equals / in) are
-// indexed by type; the others are tested on every event.
+// indexed by type, rules with a string equality (equals / in) on aggregate_type, a
+// metadata or a payload field by that field's value; of the others, those with a
+// `contains` (string value) or `regex` condition are grouped by its field and prefiltered
+// by one RE2::Set pass over the field's string per event; the rest are tested on every
+// event. Each field a condition tests is resolved once per event. The prefilter only
+// skips rules whose condition cannot hold: a rule is matched by evaluating every one of
+// its conditions, so the index and the prefilter change the cost, never the result.
 //
 // Delivery (process_batch, run by route_processor from the consumer group
 // "pliers.routes"): at least once per (event, rule, target); the event id is the
@@ -45,7 +51,9 @@
 
 namespace pliers {
 
-struct routing_rule;  // compiled (internal)
+struct routing_rule;         // compiled (internal)
+struct route_rule_set;       // the indexed rules (internal)
+struct route_match_scratch;  // per-event field values (internal)
 
 // The spec's RouteResult (+ the target index and whether the delivery was deferred).
 struct route_result {
@@ -104,7 +112,11 @@ class event_router {
   // The retry engine's handler for "route:<rule>:<target>" entries.
   retry_engine::attempt_outcome retry(const dead_letter& entry, std::int64_t attempt);
 
+  // Applies the rule lifecycle events stored after the last load (all of them the first
+  // time): the start-up replay, then the poll for other nodes' changes.
   result<void> load();
+  // The log position up to which load() has read the lifecycle events.
+  log_position loaded_through() const;
   void apply_lifecycle(const event& e);
   bool empty() const;
   // The position of the route.added that made the rule set non-empty.
@@ -119,11 +131,11 @@ class event_router {
 
  private:
   class delivery_pool;
-  struct rule_set;
   result<std::shared_ptr<routing_rule>> compile(const boost::json::value& v, std::optional<std::string_view> id) const;
-  std::shared_ptr<const rule_set> snapshot() const;
+  std::shared_ptr<const route_rule_set> snapshot() const;
   void rebuild();  // REQUIRES: mutex_ held exclusively
-  void match(const rule_set& rs, const event& e, std::vector<std::shared_ptr<routing_rule>>& out) const;
+  void match(const route_rule_set& rs, const event& e, route_match_scratch& s,
+             std::vector<std::shared_ptr<routing_rule>>& out) const;
   result<std::vector<route_result>> run(std::span<const event* const> events, bool want_results);
   delivery_outcome deliver_one(routing_rule& rule, std::size_t index, const event& e, std::int64_t attempt);
   void disable_target(const std::string& rule_id, std::size_t index, const std::string& why);
@@ -141,7 +153,9 @@ class event_router {
   void changed();
   std::mutex on_change_mutex_;
   std::function<void()> on_change_;  // GUARDED_BY(on_change_mutex_)
-  std::shared_ptr<const rule_set> set_;                                        // GUARDED_BY(mutex_)
+  std::shared_ptr<const route_rule_set> set_;  // GUARDED_BY(mutex_)
+  mutable std::mutex load_mutex_;  // serializes load(); taken before log_.mutex()
+  log_position loaded_through_{};  // GUARDED_BY(load_mutex_)
   std::atomic<std::uint64_t> delivered_{0}, failed_{0}, matched_{0};
 };
 
