@@ -5,10 +5,13 @@
 //   native + Lua           the issue's target: >= 20,000 events/s
 //   native + Lua, no plugin.executed records
 //   native + Lua + remote  the remote plugin is an HTTP endpoint on loopback in this process
+// Besides events/s it prints the CPU time of the whole process per event while the clock
+// ran (getrusage), which moves much less than events/s on a shared machine.
 // Run: build/release/pliers-plugin-bench [--events N]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -64,8 +67,17 @@ function process(event, context)
 end
 )";
 
+// CPU time (user + system) of the whole process so far, in seconds.
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return s(ru.ru_utime) + s(ru.ru_stime);
+}
+
 struct outcome {
   double seconds = 0;
+  double cpu = 0;  // CPU seconds of every thread while the clock ran
   std::uint64_t processed = 0;
   std::uint64_t failures = 0;
 };
@@ -121,10 +133,12 @@ outcome run_chain(const fs::path& dir, int events, bool lua, bool remote, bool r
     return true;
   };
   const auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = cpu_seconds();
   plugin_processor proc(store, tailer, default_clock(), chain, "bench", po);
   while (!all_ran() || store.head().value < expected_head) std::this_thread::sleep_for(1ms);
   outcome o;
   o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  o.cpu = cpu_seconds() - cpu0;
   o.processed = n;
   for (const auto& v : chain.list()) o.failures += v.failures;
   return o;
@@ -153,7 +167,7 @@ int main(int argc, char** argv) {
                                      {"native + Lua, no plugin.executed", true, false, false, events},
                                      {"native only", false, false, true, events}};
   if (with_remote) scenarios.push_back({"native + Lua + remote (loopback HTTP)", true, true, true, std::max(events / 5, 1000)});
-  std::cout << "| chain | events | seconds | events/s | failures |\n|---|---:|---:|---:|---:|\n";
+  std::cout << "| chain | events | seconds | events/s | CPU µs/event | failures |\n|---|---:|---:|---:|---:|---:|\n";
   if (only > 0 && only <= static_cast<int>(scenarios.size())) scenarios = {scenarios[static_cast<std::size_t>(only - 1)]};
   for (const auto& s : scenarios) {
     const fs::path work = fs::path(dir) / ("pliers-plugin-bench-" + new_uuid_v4().substr(0, 8));
@@ -161,7 +175,8 @@ int main(int argc, char** argv) {
     auto o = run_chain(work, s.events, s.lua, s.remote, s.record, endpoint.url());
     fs::remove_all(work);
     std::cout << "| " << s.name << " | " << o.processed << " | " << o.seconds << " | "
-              << static_cast<long long>(static_cast<double>(o.processed) / o.seconds) << " | " << o.failures << " |"
+              << static_cast<long long>(static_cast<double>(o.processed) / o.seconds) << " | "
+              << static_cast<long long>(o.cpu * 1e6 / static_cast<double>(o.processed)) << " | " << o.failures << " |"
               << std::endl;
   }
   return 0;

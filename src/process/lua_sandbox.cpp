@@ -281,6 +281,29 @@ void push_int_field(lua_State* L, const char* key, std::int64_t v) {
   lua_setfield(L, -2, key);
 }
 
+// Pushes an event as a table with the fields of write_event_json. `depth` is the table's
+// nesting depth (metadata and payload are one deeper). May raise.
+void push_event(lua_State* L, const state& s, const event& e, rfc3339_writer& tw, int depth) {
+  luaL_checkstack(L, 8, "events");
+  lua_createtable(L, 0, 12);
+  push_string_field(L, "id", e.id);
+  push_string_field(L, "type", e.type);
+  push_int_field(L, "version", e.version);
+  push_string_field(L, "timestamp", tw.write(e.time));
+  push_string_field(L, "aggregateId", e.aggregate_id);
+  push_string_field(L, "aggregateType", e.aggregate_type);
+  push_int_field(L, "sequenceNumber", e.sequence.value);
+  push_int_field(L, "position", e.position.value);
+  if (e.causation_id) push_string_field(L, "causationId", *e.causation_id);
+  if (e.correlation_id) push_string_field(L, "correlationId", *e.correlation_id);
+  lua_pushliteral(L, "metadata");
+  push_object(L, s, e.metadata, depth + 1);
+  lua_rawset(L, -3);
+  lua_pushliteral(L, "payload");
+  push_object(L, s, e.payload, depth + 1);
+  lua_rawset(L, -3);
+}
+
 // Pushes the events as an array of tables (the fields of write_event_json). May raise.
 void push_events(lua_State* L, const state& s, std::span<const event> events) {
   if (events.size() > max_args) luaL_error(L, "more than %d events", static_cast<int>(max_args));
@@ -289,23 +312,7 @@ void push_events(lua_State* L, const state& s, std::span<const event> events) {
   lua_createtable(L, clamp_int(events.size()), 0);
   lua_Integer i = 0;
   for (const event& e : events) {
-    lua_createtable(L, 0, 12);
-    push_string_field(L, "id", e.id);
-    push_string_field(L, "type", e.type);
-    push_int_field(L, "version", e.version);
-    push_string_field(L, "timestamp", tw.write(e.time));
-    push_string_field(L, "aggregateId", e.aggregate_id);
-    push_string_field(L, "aggregateType", e.aggregate_type);
-    push_int_field(L, "sequenceNumber", e.sequence.value);
-    push_int_field(L, "position", e.position.value);
-    if (e.causation_id) push_string_field(L, "causationId", *e.causation_id);
-    if (e.correlation_id) push_string_field(L, "correlationId", *e.correlation_id);
-    lua_pushliteral(L, "metadata");
-    push_object(L, s, e.metadata, 2);
-    lua_rawset(L, -3);
-    lua_pushliteral(L, "payload");
-    push_object(L, s, e.payload, 2);
-    lua_rawset(L, -3);
+    push_event(L, s, e, tw, 1);
     lua_rawseti(L, -2, ++i);
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, s.array_mt_ref);
@@ -1560,6 +1567,7 @@ struct call_ctx {
   int ref = 0;
   std::span<const json::value> args;
   const std::span<const event>* events = nullptr;  // call_with_events: the only argument
+  const event* first = nullptr;                    // call_with_event: the first argument
   bool pushing_args = false;
   bool not_function = false;
 };
@@ -1587,10 +1595,14 @@ int call_body(lua_State* L) {
     return 1;
   }
   if (c->args.size() > max_args) luaL_error(L, "more than %d arguments", static_cast<int>(max_args));
-  luaL_checkstack(L, static_cast<int>(c->args.size()) + 4, "too many arguments");
+  luaL_checkstack(L, static_cast<int>(c->args.size()) + 5, "too many arguments");
+  if (c->first) {
+    thread_local rfc3339_writer tw;  // keeps the day formatted last
+    push_event(L, s, *c->first, tw, 0);
+  }
   for (const json::value& a : c->args) push_json(L, s, a, 0, true);
   c->pushing_args = false;
-  lua_call(L, clamp_int(c->args.size()), 1);
+  lua_call(L, clamp_int(c->args.size() + (c->first ? 1 : 0)), 1);
   return 1;
 }
 
@@ -1816,6 +1828,15 @@ result<json::value> lua_sandbox::call_with_events(const function_ref& fn, std::s
   call_ctx c;
   c.ref = fn.ref_;
   c.events = &events;
+  return call_and_convert(*s_, c);
+}
+
+result<json::value> lua_sandbox::call_with_event(std::string_view name, const event& e,
+                                                 std::span<const json::value> args) {
+  call_ctx c;
+  c.name = name;
+  c.first = &e;
+  c.args = args;
   return call_and_convert(*s_, c);
 }
 

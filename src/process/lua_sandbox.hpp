@@ -155,6 +155,11 @@ class lua_sandbox {
   // the event without an intermediate JSON value: for projections folding many events.
   // At most 10,000 events per call (bad_argument, field "args"). Result and errors as call().
   result<boost::json::value> call_with_events(const function_ref& fn, std::span<const event> events);
+  // Calls the global function `name` with the event as a table (the fields call_with_events
+  // gives each event, built straight from it) followed by `args`: a plugin's
+  // process(event, context). Result and errors as call().
+  result<boost::json::value> call_with_event(std::string_view name, const event& e,
+                                             std::span<const boost::json::value> args);
   // Calls `fn` and returns the truthiness of its first result (no JSON conversion): for
   // conditions.
   result<bool> test(const function_ref& fn, std::span<const boost::json::value> args);

@@ -23,6 +23,7 @@ namespace json = boost::json;
 // shared state outlives the runner for threads still running abandoned calls.
 // Most calls take microseconds, so both sides spin briefly before sleeping: a hand-off then
 // costs no futex wake-up (measured: the wake-ups were a quarter of the chain's time).
+// Runners may share one budget of abandoned calls (threads left running past a deadline).
 class native_runner {
  public:
   struct task {
@@ -36,10 +37,15 @@ class native_runner {
     std::condition_variable cv;
     plugin_result result;
   };
+  struct budget {
+    explicit budget(std::size_t max) : max_abandoned(max) {}
+    const std::size_t max_abandoned;
+    std::atomic<std::size_t> abandoned{0};  // threads still running an abandoned call
+  };
 
-  native_runner(std::size_t workers, std::size_t max_abandoned) : state_(std::make_shared<state>()) {
+  native_runner(std::size_t workers, std::shared_ptr<budget> b) : state_(std::make_shared<state>()) {
     state_->target = std::max<std::size_t>(workers, 1);
-    state_->max_abandoned = max_abandoned;
+    state_->shared = std::move(b);
     std::lock_guard lock(state_->mutex);
     for (std::size_t i = 0; i < state_->target; ++i) spawn(state_);
   }
@@ -55,9 +61,8 @@ class native_runner {
     auto t = std::make_shared<task>();
     t->fn = std::move(fn);
     std::lock_guard lock(state_->mutex);
-    if (state_->abandoned >= state_->max_abandoned)
-      return error::make(errc::unavailable, std::to_string(state_->abandoned) +
-                                                " plugin calls are still running past their deadline");
+    if (const auto n = state_->shared->abandoned.load(); n >= state_->shared->max_abandoned)
+      return error::make(errc::unavailable, std::to_string(n) + " plugin calls are still running past their deadline");
     state_->queue.push_back(t);
     state_->queued.fetch_add(1);
     if (state_->sleeping > 0) state_->cv.notify_one();
@@ -78,19 +83,26 @@ class native_runner {
       t->waiter_sleeps.store(true);
       t->cv.wait_until(lock, deadline, finished);
     }
-    if (finished()) return std::move(t->result);
+    if (finished() || !abandon(t)) return std::move(t->result);  // just finished
+    return std::nullopt;
+  }
+
+  // Gives up on a task: removed when it has not started, else its thread is left to finish
+  // it alone and a fresh one takes its place. False when it had finished already.
+  bool abandon(const std::shared_ptr<task>& t) {
     std::lock_guard lock(state_->mutex);
     auto it = std::find(state_->queue.begin(), state_->queue.end(), t);
     if (it != state_->queue.end()) {
       state_->queue.erase(it);  // never started: nothing to abandon
       state_->queued.fetch_sub(1);
-      return std::nullopt;
+      return true;
     }
     int expected = task::running;
-    if (!t->phase.compare_exchange_strong(expected, task::abandoned)) return std::move(t->result);  // just finished
+    if (!t->phase.compare_exchange_strong(expected, task::abandoned)) return false;
     ++state_->abandoned;
+    state_->shared->abandoned.fetch_add(1);
     spawn(state_);
-    return std::nullopt;
+    return true;
   }
 
  private:
@@ -102,7 +114,8 @@ class native_runner {
     std::condition_variable cv, idle_cv;
     std::deque<std::shared_ptr<task>> queue;
     std::atomic<std::size_t> queued{0};
-    std::size_t target = 0, live = 0, abandoned = 0, max_abandoned = 0, sleeping = 0;
+    std::size_t target = 0, live = 0, abandoned = 0, sleeping = 0;
+    std::shared_ptr<budget> shared;
     bool stopping = false;
   };
 
@@ -149,6 +162,7 @@ class native_runner {
       if (was_abandoned) {
         // A replacement was started when this call was abandoned: this thread retires.
         --s->abandoned;
+        s->shared->abandoned.fetch_sub(1);
         break;
       }
     }
@@ -241,8 +255,11 @@ json::object to_json(const plugin_view& v) {
 }
 
 plugin_chain::plugin_chain(event_store& store, const clock& clk, retry_engine& retries, factory make, options opts)
-    : store_(store), clock_(clk), retries_(retries), make_(std::move(make)), opts_(opts),
-      native_(std::make_unique<native_runner>(opts.native_workers, opts.max_abandoned)) {
+    : store_(store), clock_(clk), retries_(retries), make_(std::move(make)), opts_(opts) {
+  // One budget of calls left running past their deadline for both.
+  auto budget = std::make_shared<native_runner::budget>(opts.max_abandoned);
+  native_ = std::make_unique<native_runner>(opts.native_workers, budget);
+  chain_thread_ = std::make_unique<native_runner>(1, budget);
   retries_.register_consumer("plugin", [this](const dead_letter& d, std::int64_t attempt) { return retry(d, attempt); });
 }
 
@@ -519,12 +536,50 @@ plugin_result plugin_chain::run_one(const std::shared_ptr<entry>& en, const even
   return finish(c);
 }
 
-plugin_chain::run plugin_chain::execute(const event& e, std::int64_t attempt) {
-  run out;
-  out.trigger = &e;
-  if (is_lifecycle(e)) return out;
+// One event's way through the chain, kept where another thread can take it over.
+struct plugin_chain::progress {
+  const event* trigger = nullptr;
+  std::int64_t attempt = 1;
+  std::vector<std::shared_ptr<entry>> sync;  // the synchronous plugins that apply, in order
+  std::size_t next = 0;                      // the next of them to run
+  std::vector<call> async_calls;             // started first, finished last
+  std::vector<plugin_result> results;        // of sync[0..next)
+  // A copy of the trigger for calls made on the chain thread: a native call left running
+  // past its deadline still reads it after the caller's batch is gone.
+  std::shared_ptr<const event> owned;
+};
+
+// A batch run on the chain thread (process_batch_async). The thread runs every event's chain
+// and calls native plugins itself; the caller sleeps until the batch is done, and gives up on
+// the thread when a native call overruns its deadline (the thread is left to finish it
+// alone), taking over the rest of that event's chain. One wake-up per batch instead of a
+// hand-off per native call.
+struct plugin_chain::batch_job {
+  std::span<const event* const> events;
+  std::size_t first = 0;         // where this job starts
+  std::vector<run>* runs = nullptr;  // the caller's; written by the thread for [first, done)
+  std::size_t done = 0;          // the thread has written runs [first, done)
+  std::size_t wake_at_done = 0;  // the caller waits for `done` to reach this (0: it does not)
+  std::size_t index = 0;         // of the event in progress
+  progress current;              // its state (the thread's until abandoned)
+  std::mutex mutex;
+  std::condition_variable cv;
+  // GUARDED_BY(mutex):
+  bool finished = false;         // every event ran (or `failure` is set)
+  bool abandoned = false;        // the caller gave up on the thread, which must stop at once
+  std::exception_ptr failure;    // the thread threw outside any plugin
+  bool in_call = false;          // a native call is running on the thread
+  std::chrono::steady_clock::time_point call_t0, call_deadline;
+  // When the caller wakes up next: a native call whose deadline comes earlier wakes it.
+  std::chrono::steady_clock::time_point caller_wakes = std::chrono::steady_clock::time_point::max();
+};
+
+bool plugin_chain::begin(const event& e, std::int64_t attempt, progress& p) {
+  p.trigger = &e;
+  p.attempt = attempt;
+  if (is_lifecycle(e)) return false;
   auto chain = chain_for(e.type);
-  if (chain.empty()) return out;
+  if (chain.empty()) return false;
   // Async plugins start first and run beside the chain (seeing no previous results: they
   // do not wait for it); their results come last.
   // A stored event (position > 0) meets only the plugins registered before it; an example
@@ -532,21 +587,198 @@ plugin_chain::run plugin_chain::execute(const event& e, std::int64_t attempt) {
   auto applies = [&](const std::shared_ptr<entry>& en) {
     return e.position.value == 0 || en->registered_at.load(std::memory_order_relaxed) < e.position.value;
   };
-  std::vector<call> async_calls;
-  for (const auto& en : chain)
-    if (en->options.async && applies(en)) async_calls.push_back(start(en, e, {}, attempt));
-  for (const auto& en : chain)
-    if (!en->options.async && applies(en)) out.results.push_back(run_one(en, e, out.results, attempt));
-  for (auto& c : async_calls) out.results.push_back(finish(c));
+  for (auto& en : chain) {
+    if (!applies(en)) continue;
+    if (en->options.async) p.async_calls.push_back(start(en, e, {}, attempt));
+    else p.sync.push_back(std::move(en));
+  }
+  return true;
+}
+
+bool plugin_chain::advance(progress& p, batch_job* job) {
+  for (; p.next < p.sync.size(); ++p.next) {
+    const auto& en = p.sync[p.next];
+    if (!job || en->kind != "native") {
+      p.results.push_back(run_one(en, *p.trigger, p.results, p.attempt));
+      continue;
+    }
+    // On the chain thread: the call runs here, watched by the caller.
+    if (!p.owned) p.owned = std::make_shared<const event>(*p.trigger);
+    call c;
+    c.en = en;
+    c.t0 = std::chrono::steady_clock::now();
+    c.deadline = c.t0 + en->timeout;
+    {
+      std::lock_guard lock(job->mutex);
+      job->in_call = true;
+      job->call_t0 = c.t0;
+      job->call_deadline = c.deadline;
+      if (c.deadline < job->caller_wakes) job->cv.notify_one();
+    }
+    const event& e = *p.owned;
+    const auto& info = en->plugin->info();
+    plugin_result r;
+    try {
+      plugin_context ctx{e, p.results, e.correlation_id.value_or(e.id), e.id, p.attempt, c.deadline, info.config};
+      r = en->plugin->process(e, ctx);
+    } catch (const std::exception& ex) {
+      r = failed_result(info.id, "exception", ex.what());
+    } catch (...) {
+      r = failed_result(info.id, "exception", "unknown exception");
+    }
+    {
+      std::lock_guard lock(job->mutex);
+      job->in_call = false;
+      if (job->abandoned) return false;  // the caller took over: touch nothing more
+    }
+    c.result = std::move(r);
+    p.results.push_back(finish(c));
+  }
+  return true;
+}
+
+plugin_chain::run plugin_chain::end(progress& p) {
+  run out;
+  out.trigger = p.trigger;
+  out.results = std::move(p.results);
+  for (auto& c : p.async_calls) out.results.push_back(finish(c));
   return out;
 }
 
+plugin_chain::run plugin_chain::execute(const event& e, std::int64_t attempt) {
+  progress p;
+  if (!begin(e, attempt, p)) return run{&e, {}};
+  advance(p, nullptr);
+  return end(p);
+}
+
+void plugin_chain::run_job(batch_job& job) {
+  try {
+    for (std::size_t i = job.first; i < job.events.size(); ++i) {
+      job.index = i;  // read by the caller only while a call runs (published by in_call's lock)
+      job.current = progress{};
+      run r;
+      if (begin(*job.events[i], 1, job.current)) {
+        if (!advance(job.current, &job)) return;  // abandoned: this thread is the job's no more
+        r = end(job.current);
+      } else {
+        r.trigger = job.events[i];
+      }
+      (*job.runs)[i] = std::move(r);
+      std::lock_guard lock(job.mutex);
+      job.done = i + 1;
+      if (job.done == job.wake_at_done) job.cv.notify_one();
+    }
+  } catch (...) {
+    std::lock_guard lock(job.mutex);
+    if (job.abandoned) return;
+    job.failure = std::current_exception();
+  }
+  std::lock_guard lock(job.mutex);
+  job.finished = true;
+  job.cv.notify_one();
+}
+
+std::vector<plugin_chain::run> plugin_chain::execute_batch(std::span<const event* const> events,
+                                                           const std::function<void(run&)>& ready) {
+  std::vector<run> runs(events.size());
+  // `ready` throwing must not cut the job short: the chain thread writes `runs` and reads the
+  // events until the job is done, so the exception waits for that.
+  std::exception_ptr ready_failed;
+  auto tell = [&](std::size_t begin, std::size_t end) {
+    if (!ready || ready_failed) return;
+    try {
+      for (std::size_t i = begin; i < end; ++i) ready(runs[i]);
+    } catch (...) {
+      ready_failed = std::current_exception();
+    }
+  };
+  std::size_t from = 0;
+  while (from < events.size()) {
+    auto job = std::make_shared<batch_job>();
+    job->events = events;
+    job->first = from;
+    job->done = from;
+    job->runs = &runs;
+    job->caller_wakes = std::chrono::steady_clock::now() + shortest_native_timeout();
+    auto task = chain_thread_->submit([this, job] {
+      run_job(*job);
+      return plugin_result{};
+    });
+    if (!task) {  // too many calls left running past their deadline: here, one by one
+      for (std::size_t i = from; i < events.size(); ++i) runs[i] = execute(*events[i]);
+      tell(from, events.size());
+      break;
+    }
+    std::size_t told = from;
+    std::unique_lock lock(job->mutex);
+    while (true) {
+      if (job->done > told) {  // handed over in chunks, while the thread goes on
+        const std::size_t upto = job->done;
+        lock.unlock();
+        tell(told, upto);
+        told = upto;
+        lock.lock();
+        continue;
+      }
+      if (job->finished) break;
+      const auto now = std::chrono::steady_clock::now();
+      if (job->in_call && now >= job->call_deadline) break;
+      // Until the running call's deadline; with none running, until a call could overrun
+      // (a call starting later that could end sooner wakes us up); or until a chunk is done.
+      job->caller_wakes = job->in_call ? job->call_deadline : now + shortest_native_timeout();
+      job->wake_at_done = ready ? std::min(told + ready_chunk, events.size()) : events.size();
+      job->cv.wait_until(lock, job->caller_wakes);
+      job->wake_at_done = 0;
+    }
+    if (job->finished) {
+      if (job->failure) std::rethrow_exception(job->failure);
+      break;
+    }
+    // A native call overran: the thread is left to finish it alone; this event's chain goes
+    // on here (the thread's copy of its state stays with the job, which the call may read).
+    job->abandoned = true;
+    progress p;
+    p.trigger = job->current.trigger;
+    p.attempt = job->current.attempt;
+    p.sync = job->current.sync;
+    p.next = job->current.next;
+    p.results = job->current.results;
+    p.async_calls = std::move(job->current.async_calls);
+    call c;
+    c.en = p.sync[p.next];
+    c.t0 = job->call_t0;
+    c.deadline = job->call_deadline;
+    const std::size_t at = job->index;
+    lock.unlock();
+    chain_thread_->abandon(*task);
+    c.result = failed_result(c.en->plugin->info().id, "timeout",
+                             "timed out after " + std::to_string(c.en->timeout.count()) + " ms");
+    p.results.push_back(finish(c));
+    ++p.next;
+    advance(p, nullptr);
+    runs[at] = end(p);
+    tell(at, at + 1);
+    from = at + 1;
+  }
+  if (ready_failed) std::rethrow_exception(ready_failed);
+  return runs;
+}
+
+std::chrono::milliseconds plugin_chain::shortest_native_timeout() const {
+  std::shared_lock lock(mutex_);
+  auto shortest = std::chrono::milliseconds(std::chrono::hours(1));
+  for (const auto& [id, en] : plugins_)
+    if (en->kind == "native") shortest = std::min(shortest, en->timeout);
+  return shortest;
+}
+
 void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& en, plugin_result& r, std::int64_t attempt,
-                           effects& out) {
+                           effects& out, bool generated_events) {
   const auto& id = en->plugin->info().id;
   const auto& info = en->plugin->info();
   std::vector<append_request> generated;
-  if (r.success && !r.generated_events.empty()) {
+  if (generated_events && r.success && !r.generated_events.empty()) {
     const std::int64_t hops = hops_of(trigger);
     if (hops >= opts_.max_hops) {
       r = failed_result(id, "hop_limit",
@@ -629,7 +861,10 @@ void plugin_chain::collect(const event& trigger, const std::shared_ptr<entry>& e
 
 void plugin_chain::effects::add_lifecycle(const std::string& plugin_id, new_event e) {
   auto& req = lifecycle[plugin_id];
-  if (req.aggregate_id.empty()) req.aggregate_id = lifecycle_aggregate(plugin_id);
+  if (req.aggregate_id.empty()) {
+    req.aggregate_id = lifecycle_aggregate(plugin_id);
+    req.events.reserve(expected_triggers);
+  }
   req.events.push_back(std::move(e));
 }
 
@@ -726,7 +961,8 @@ result<void> plugin_chain::store_effects(effects& fx) {
 }
 
 result<std::vector<plugin_result>> plugin_chain::process_event(const event& e) {
-  auto r = execute(e);
+  const event* one[] = {&e};
+  auto r = std::move(execute_batch(one).front());
   effects fx;
   for (auto& res : r.results) {
     auto en = find(res.plugin_id);
@@ -741,24 +977,36 @@ result<void> plugin_chain::process_batch(std::span<const event* const> events) {
 }
 
 std::function<result<void>()> plugin_chain::process_batch_async(std::span<const event* const> events) {
-  auto fx = std::make_shared<effects>();
-  for (const event* e : events) {
-    if (is_lifecycle(*e)) continue;
-    auto r = execute(*e);
-    for (auto& res : r.results) {
-      auto en = find(res.plugin_id);
-      if (en) collect(*e, en, res, 1, *fx);
-    }
-  }
+  // What the careful path below needs if the store refuses the batch: the runs (their
+  // results are final once collected) and the generated appends. The lifecycle events, most
+  // of what is stored, are handed to the store, not copied; they are made again if needed.
+  struct kept {
+    std::vector<run> runs;
+    std::vector<append_request> generated;
+    std::vector<effects::owner> owners;
+  };
+  auto k = std::make_shared<kept>();
+  effects fx;
+  fx.expected_triggers = events.size();
+  // The effects are made here while the chain thread goes on with the next events.
+  k->runs = execute_batch(events, [&](run& r) {
+    for (auto& res : r.results)
+      if (auto en = find(res.plugin_id)) collect(*r.trigger, en, res, 1, fx);
+  });
   // Dead letters first (one per consumer and event: running this again adds none).
-  for (const auto& f : fx->failures) {
+  for (const auto& f : fx.failures) {
     auto filed = retries_.record_failure(*f.trigger, f.consumer, f.error, f.policy, f.duration_ms);
     if (!filed) return [err = std::move(filed).error()]() -> result<void> { return err; };
   }
-  fx->failures.clear();
-  std::vector<append_request> all = fx->appends;  // kept in fx for the careful path below
-  for (const auto& [id, req] : fx->lifecycle)
-    if (!req.events.empty()) all.push_back(req);
+  std::vector<append_request> all;
+  all.reserve(fx.appends.size() + fx.lifecycle.size());
+  if (!fx.appends.empty()) {
+    all = fx.appends;
+    k->generated = std::move(fx.appends);
+    k->owners = std::move(fx.owners);
+  }
+  for (auto& [id, req] : fx.lifecycle)
+    if (!req.events.empty()) all.push_back(std::move(req));
   if (all.empty()) return [] { return result<void>(); };
   auto done = std::make_shared<std::promise<result<void>>>();
   auto future = done->get_future().share();
@@ -766,14 +1014,21 @@ std::function<result<void>()> plugin_chain::process_batch_async(std::span<const 
     if (r) done->set_value(result<void>());
     else done->set_value(std::move(r).error());
   });
-  return [this, fx, future]() -> result<void> {
+  return [this, k, future]() -> result<void> {
     auto r = future.get();
     if (r) return r;
     const auto code = r.error().code;
     if (code != errc::invalid_argument && code != errc::conflict) return r;
     // Refused (some of it stored before, or a plugin asked for what the store refuses):
     // the careful path sorts it out append by append.
-    return store_effects(*fx);
+    effects again;
+    again.appends = std::move(k->generated);
+    again.owners = std::move(k->owners);
+    for (auto& done_run : k->runs)
+      for (auto& res : done_run.results)
+        if (auto en = find(res.plugin_id)) collect(*done_run.trigger, en, res, 1, again, false);
+    again.failures.clear();  // filed already
+    return store_effects(again);
   };
 }
 

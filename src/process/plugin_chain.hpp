@@ -21,6 +21,15 @@
 // Native plugins run on worker threads with a deadline: one that overruns is abandoned
 // (its result discarded, its worker replaced) and the chain goes on. Lua plugins stop
 // themselves at the deadline (instruction hook); remote plugins by the HTTP timeout.
+// Batches (process_batch_async, process_event) run on the chain thread, which calls the
+// synchronous native plugins itself while the caller sleeps and watches their deadlines: a
+// hand-off per batch rather than per native call (those hand-offs were most of the chain's
+// time). A native call that overruns there is abandoned the same way: the chain thread is
+// left to finish it alone, the caller runs the rest of that event's chain and a fresh chain
+// thread the rest of the batch. The caller makes the batch's effects from the events already
+// done while the chain thread goes on. Dry runs (execute) and single runs (run_plugin) hand
+// each native call to the pool. Calls left running past their deadline, in the pool or on
+// chain threads, count towards one limit (`max_abandoned`).
 // Thread-safety: all members may be called from any thread.
 #pragma once
 
@@ -59,7 +68,7 @@ class plugin_chain {
     std::chrono::milliseconds default_timeout{5000};
     int max_hops = 8;
     bool record_executions = true;       // plugin.executed per successful run
-    std::size_t native_workers = 4;      // threads running native plugins (more when some hang)
+    std::size_t native_workers = 4;      // threads for async calls and native calls outside batches
     std::size_t max_abandoned = 64;      // native calls left running past their deadline
   };
   // Builds a Lua or remote plugin from its stored definition (process/plugin_kinds.hpp).
@@ -111,7 +120,7 @@ class plugin_chain {
   result<void> process_batch(std::span<const event* const> events);
   // The same, pipelined: runs the chain and files dead letters now, starts the append, and
   // returns a function that waits for it (and handles a refusal). The events must stay
-  // alive until that function has returned.
+  // alive until that function has returned. Plugins run on the chain thread (above).
   std::function<result<void>()> process_batch_async(std::span<const event* const> events);
 
   // The retry engine's handler for "plugin:<id>" entries.
@@ -138,6 +147,7 @@ class plugin_chain {
     std::vector<owner> owners;  // of appends (generated events)
     // Lifecycle events (plugin.executed, plugin.failed) per plugin: one append each.
     std::map<std::string, append_request> lifecycle;
+    std::size_t expected_triggers = 0;  // room reserved in each lifecycle append
     void add_lifecycle(const std::string& plugin_id, new_event e);
     struct failure {
       const event* trigger;
@@ -148,13 +158,29 @@ class plugin_chain {
     };
     std::vector<failure> failures;
   };
+  struct progress;
+  struct batch_job;
   call start(const std::shared_ptr<entry>& en, const event& e, std::span<const plugin_result> previous,
              std::int64_t attempt);
+  // execute() in steps: begin (false: no plugin applies), advance through the synchronous
+  // plugins (false: `job` was abandoned meanwhile), end (the async results).
+  bool begin(const event& e, std::int64_t attempt, progress& p);
+  bool advance(progress& p, batch_job* job);
+  run end(progress& p);
+  // Runs the chain on every event on the chain thread (batch_job in the .cpp); `ready` (on
+  // the calling thread) gets each event's run, in order, as chunks of them are done.
+  std::vector<run> execute_batch(std::span<const event* const> events, const std::function<void(run&)>& ready = {});
+  static constexpr std::size_t ready_chunk = 64;
+  void run_job(batch_job& job);
+  std::chrono::milliseconds shortest_native_timeout() const;
   plugin_result finish(call& c);
   plugin_result run_one(const std::shared_ptr<entry>& en, const event& e, std::span<const plugin_result> previous,
                         std::int64_t attempt);
+  // The effects of one plugin run: its generated events (validated; a bad one turns `r` into
+  // a failure) unless `generated_events` is false (r was collected before), its lifecycle
+  // event and its dead letter.
   void collect(const event& trigger, const std::shared_ptr<entry>& en, plugin_result& r, std::int64_t attempt,
-               effects& out);
+               effects& out, bool generated_events = true);
   result<void> store_effects(effects& fx);
   // Appends a lifecycle event and remembers its position, so that its echo from the log
   // (and any older event) is not applied again. Called with lifecycle_mutex_ held.
@@ -169,7 +195,8 @@ class plugin_chain {
   retry_engine& retries_;
   const factory make_;
   const options opts_;
-  std::unique_ptr<native_runner> native_;
+  std::unique_ptr<native_runner> native_;        // async calls; native calls outside batches
+  std::unique_ptr<native_runner> chain_thread_;  // batches (execute_batch)
   mutable std::shared_mutex mutex_;
   std::map<std::string, std::shared_ptr<entry>, std::less<>> plugins_;  // GUARDED_BY(mutex_)
   std::uint64_t next_order_ = 0;                                       // GUARDED_BY(mutex_)

@@ -123,8 +123,8 @@ void lua_plugin::call_hook(const char* name) {
 plugin_result lua_plugin::process(const event& e, const plugin_context& ctx) {
   auto s = acquire();
   if (!s) return failed_result(info_.id, "lua_error", s.error().message);
-  json::value args[2] = {event_to_json(e), context_json(ctx)};
-  auto out = (*s)->sandbox->call("process", args);
+  const json::value context = context_json(ctx);
+  auto out = (*s)->sandbox->call_with_event("process", e, {&context, 1});
   plugin_result r;
   if (!out) {
     r = failed_result(info_.id, lua_error_type(out.error()), out.error().message);

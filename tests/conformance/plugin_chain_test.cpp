@@ -12,6 +12,7 @@
 #include "bus/event_bus.hpp"
 #include "core/uuid.hpp"
 #include "process/plugin_chain.hpp"
+#include "process/plugin_kinds.hpp"
 #include "process/plugin_processor.hpp"
 #include "support/postgres.hpp"
 
@@ -259,6 +260,147 @@ TEST_P(PluginChain, APluginThatOverrunsItsTimeoutIsAbandonedAndItsEffectsDiscard
   std::this_thread::sleep_for(50ms);  // the abandoned call returns now: nothing of it is kept
   EXPECT_TRUE(of_type("late.event").empty());
   EXPECT_EQ(only_dead_letter().error.type, "timeout");
+}
+
+// A durable consumer's batch runs on the chain thread, which calls native plugins itself: a
+// call that overruns is abandoned there too, mid-batch, and the batch goes on in order.
+TEST_P(PluginChain, ABatchGoesOnPastANativeCallThatOverruns) {
+  std::vector<event> events;
+  for (int i = 0; i < 150; ++i) events.push_back(append("form.created", "form-" + std::to_string(i % 7)));
+  std::vector<const event*> batch;
+  for (const auto& e : events) batch.push_back(&e);
+  const std::string hung = events[70].id;
+  // The abandoned call outlives this test: it owns what it reads.
+  auto release = std::make_shared<std::atomic<bool>>(false);
+  plugin_options o;
+  o.timeout = 100ms;
+  add("sleeper", 10,
+      [hung, release](const event& e, const plugin_context&) {
+        while (e.id == hung && !release->load()) std::this_thread::sleep_for(5ms);
+        auto r = ok();
+        generated_event g;
+        g.aggregate_id = "late-" + e.id;
+        g.event.type = "late.event";
+        g.event.aggregate_type = "late";
+        g.event.metadata = md();
+        r.generated_events.push_back(g);
+        return r;
+      },
+      {"form.*"}, o);
+  std::mutex m;
+  std::vector<std::string> order;
+  std::map<std::string, std::string> before;  // trigger -> what `next` saw of sleeper
+  add("next", 1, [&](const event& e, const plugin_context& ctx) {
+    std::lock_guard lock(m);
+    order.push_back(e.id);
+    const auto& prev = ctx.previous_results;
+    before[e.id] = prev.empty() ? "none" : prev[0].success ? "ok" : prev[0].error_type;
+    return ok();
+  });
+  // Native plugins see events of the log delivered again as well (registered anew by their
+  // process): these were stored before the registrations.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto done = chain_->process_batch(batch);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(done) << done.error().message;
+  EXPECT_LT(took, 2s);
+  {
+    std::lock_guard lock(m);
+    ASSERT_EQ(order.size(), events.size());
+    for (std::size_t i = 0; i < events.size(); ++i) EXPECT_EQ(order[i], events[i].id) << i;
+    EXPECT_EQ(before[hung], "timeout");
+    EXPECT_EQ(before[events[71].id], "ok");
+  }
+  EXPECT_EQ(of_type("late.event").size(), events.size() - 1);
+  EXPECT_EQ(of_type("plugin.executed").size(), 2 * events.size() - 1);
+  auto failed = of_type("plugin.failed");
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].payload.at("errorType").as_string(), "timeout");
+  EXPECT_EQ(failed[0].payload.at("triggerEventId").as_string(), hung);
+  EXPECT_EQ(only_dead_letter().error.type, "timeout");
+  // The next batch runs on a fresh chain thread.
+  auto more = append("form.created");
+  const event* one[] = {&more};
+  ASSERT_TRUE(chain_->process_batch(one));
+  EXPECT_EQ(of_type("plugin.executed").size(), 2 * events.size() + 1);
+  *release = true;
+  std::this_thread::sleep_for(50ms);  // the abandoned call returns now: nothing of it is kept
+  EXPECT_EQ(of_type("late.event").size(), events.size());
+}
+
+// Past `max_abandoned` calls left running, native plugins fail with `overloaded` (batches
+// run on the caller's thread), and run again once the calls have returned.
+TEST_P(PluginChain, TooManyAbandonedCallsMakeNativePluginsOverloaded) {
+  chain_.reset();
+  chain_ = std::make_unique<plugin_chain>(*store_, clock_, *retries_, nullptr,
+                                          plugin_chain::options{.max_hops = 3, .max_abandoned = 1});
+  auto release = std::make_shared<std::atomic<bool>>(false);  // read by the abandoned call
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  plugin_options o;
+  o.timeout = 50ms;
+  add("stuck", 1,
+      [release, calls](const event&, const plugin_context&) {
+        if ((*calls)++ == 0)
+          while (!release->load()) std::this_thread::sleep_for(5ms);
+        return ok();
+      },
+      {"form.*"}, o);
+  auto a = append("form.created");
+  auto b = append("form.created");
+  const event* first[] = {&a};
+  const event* second[] = {&b};
+  ASSERT_TRUE(chain_->process_batch(first));
+  ASSERT_TRUE(chain_->process_batch(second));
+  auto failed = of_type("plugin.failed");
+  ASSERT_EQ(failed.size(), 2u);
+  EXPECT_EQ(failed[0].payload.at("errorType").as_string(), "timeout");
+  EXPECT_EQ(failed[1].payload.at("errorType").as_string(), "overloaded");
+  *release = true;
+  for (int i = 0; i < 200 && chain_->process_batch(second) && of_type("plugin.executed").empty(); ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(of_type("plugin.executed").size(), 1u);
+}
+
+// A Lua plugin in a batch: the event as a table, the previous results in the context, and
+// pliers.emit, on the chain thread.
+TEST_P(PluginChain, LuaPluginsRunInBatchesWithTheEventAndPreviousResults) {
+  add("first", 10, [&](const event&, const plugin_context&) {
+    auto r = ok();
+    r.metadata["x"] = 7;
+    return r;
+  });
+  plugin_info info{"lua-derive", "derive", "1.0.0", 5, {}};
+  auto lua = make_lua_plugin(info, {{"source", R"(
+function process(event, context)
+  local prev = context.previousResults[1]
+  pliers.emit{aggregateId = "derived-" .. event.aggregateId, type = "derived.made", aggregateType = "derived",
+              payload = {from = event.id, x = prev.metadata.x, n = event.payload.n}}
+  return {success = true, metadata = {type = event.type, seq = event.sequenceNumber}}
+end)"}},
+                             5s);
+  ASSERT_TRUE(lua) << lua.error().message;
+  ASSERT_TRUE(chain_->register_plugin(*lua, {"form.*"}, {}));
+  std::vector<event> events;
+  for (int i = 0; i < 3; ++i) events.push_back(append("form.created", "form-" + std::to_string(i)));
+  std::vector<const event*> batch;
+  for (const auto& e : events) batch.push_back(&e);
+  ASSERT_TRUE(chain_->process_batch(batch));
+  auto derived = of_type("derived.made");
+  ASSERT_EQ(derived.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(derived[i].causation_id, events[i].id);
+    EXPECT_EQ(derived[i].payload.at("from").as_string(), events[i].id);
+    EXPECT_EQ(derived[i].payload.at("x"), json::value(7));
+    EXPECT_EQ(derived[i].payload.at("n"), json::value(1));
+  }
+  std::size_t lua_runs = 0;
+  for (const auto& e : of_type("plugin.executed"))
+    if (e.aggregate_id == "plugin-lua-derive") {
+      ++lua_runs;
+      EXPECT_EQ(e.payload.at("result").at("type").as_string(), "form.created");
+      EXPECT_EQ(e.payload.at("result").at("seq"), json::value(1));
+    }
+  EXPECT_EQ(lua_runs, 3u);
 }
 
 TEST_P(PluginChain, GeneratedEventsCarryCausationCorrelationAndAreStoredOnce) {

@@ -782,5 +782,31 @@ TEST(LuaSandbox, CallWithEventsEqualsTheEventsJsonForm) {
   EXPECT_EQ(kind(e.error()), "bad_argument");
 }
 
+// call_with_event (a Lua plugin's process(event, context)) gives the event as the same table
+// as its JSON form, followed by the other arguments; a null among them stays nil.
+TEST(LuaSandbox, CallWithEventPassesTheEventsJsonFormFirst) {
+  auto sb = make("function process(event, context, extra) return {event = event, context = context, extra = extra} end");
+  event e;
+  e.id = "0190f0a2-0000-7000-8000-000000000001";
+  e.type = "order.placed";
+  e.time = timestamp(std::chrono::microseconds(1'700'000'000'123'456));
+  e.aggregate_id = "order-1";
+  e.aggregate_type = "order";
+  e.sequence = sequence_number(3);
+  e.position = log_position(42);
+  e.correlation_id = "r-1";
+  e.metadata = {{"sourceSystem", "t"}, {"sourceVersion", "1"}};
+  e.payload = {{"lines", json::array{json::object{{"qty", 2}, {"price", 2.5}}}}, {"none", nullptr}};
+  const json::value args[] = {json::object{{"attempt", 1}}, nullptr};
+  auto got = sb->call_with_event("process", e, args);
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got->at("event"), json::value(event_to_json(e))) << json::serialize(*got);
+  EXPECT_EQ(got->at("context"), args[0]);
+  EXPECT_FALSE(got->as_object().contains("extra"));
+  auto missing = sb->call_with_event("nope", e, {});
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, errc::not_found);
+}
+
 }  // namespace
 }  // namespace pliers

@@ -70,4 +70,12 @@ TEST(Uuid, ValidatesLayout) {
     EXPECT_FALSE(is_uuid(bad)) << bad;
 }
 
+// Stored ids are derived from these (plugin effects, routing deliveries): they must never
+// change, whatever computes the SHA-1. Expected values from Python's uuid and hashlib.
+TEST(Uuid, NameBasedIdsAreStable) {
+  EXPECT_EQ(uuid_v5("pliers/plugin/x/y/0"), "876a8775-29c6-5c12-98d8-f934dd26485f");
+  EXPECT_EQ(uuid_v8_ordered(12345, "pliers/plugin.executed/p/t"), "00000000-3039-8c81-94bf-fcb3568a139e");
+  EXPECT_EQ(uuid_v5("pliers/plugin/x/y/0"), uuid_v5("pliers/plugin/x/y/0"));  // the context is reused
+}
+
 }  // namespace pliers
