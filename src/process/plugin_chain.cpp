@@ -1087,6 +1087,7 @@ result<void> plugin_chain::load() {
   q.aggregate_types.push_back(lifecycle_aggregate_type);
   pagination page;
   page.limit = max_page_limit;
+  page.count_total = false;
   page.after = log_position(lifecycle_read_.load());
   while (true) {
     auto r = store_.query(q, page);
