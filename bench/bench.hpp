@@ -26,6 +26,7 @@ struct config {
   bool run_pg = false;              // --only pg: the PostgreSQL section (pg_bench.cpp)
   std::string pg_url;               // --pg-url: a database the benchmark may create schemas in
   int pg_raw_connections = 16;      // raw PostgreSQL: connections of the concurrent 1-row INSERTs
+  std::string pg_scenarios;         // --pg-scenarios: groups of the PostgreSQL section to run ("" = all)
   int event_bytes = 400;            // target size of one serialized (stored) event
   int clients = 64;                 // scenario c: concurrent writers
   int batch_size = 100;             // scenario b: events per append

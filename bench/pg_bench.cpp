@@ -5,9 +5,9 @@
 //   raw PG      libpq alone, on tables made by the store's own DDL (postgres_schema_sql,
 //               migration_1) with one monthly partition covering now: COPY and multi-row
 //               INSERT of 100-row batches from one connection, 1-row INSERT transactions
-//               from 1 and 16 connections; reading the log with the store's SELECT; a
-//               replay of the statements postgres_store's try_commit issues, timed one by
-//               one; and a sketch of the same transaction in two round trips.
+//               from 1 and 16 connections; reading the log with the store's SELECT; the
+//               store's append transaction replayed (same SQL, prepared, pipelined), timed
+//               per round trip.
 //   PG C++ API  pliers::open_store("postgres://...") in this process.
 //   PG HTTP     the real pliers-events serving the postgres store (http_bench.cpp).
 //
@@ -727,167 +727,56 @@ row http_scenario(const config& cfg, pg_conn& admin, const http_run& run) {
   return r;
 }
 
-// --- try_commit's statements, replayed and timed one by one --------------------------------
+// --- the store's append transaction, replayed -----------------------------------------------
 
-// The statements of postgres_store::impl::try_commit for a batch of one append of
-// `per_txn` events to one existing aggregate, without client ids (copied from
-// src/store/postgres/postgres_store.cpp; keep in sync), sent the same way (PQexecParams,
-// text parameters, unnamed statements), each timed on its own. COPY text and parameters
-// are built before the clock, so the replay leaves out what the store does in-process
-// (planning, serializing the JSON, building the COPY text). With `prepared`, the same
-// statements are prepared once (PQprepare) and executed by name: what the store would
-// gain by preparing them on its writer connection.
-row replay_try_commit(const config& cfg, pg_conn& admin, const event_shape& shape, int txns, int aggregates,
-                      int per_append, bool prepared, const std::string& key, const std::string& label) {
+// The statements postgres_store's writer sends for a batch (copied from
+// src/store/postgres/postgres_store.cpp; keep in sync), prepared, in libpq pipeline mode,
+// with parameters built before the clock: what the append costs in PostgreSQL and on the
+// wire, without the store's work in the process (queueing, planning, serialization).
+//   known = true:  the writer knows the aggregates' versions (it committed to them last):
+//                  one round trip, lock expecting those versions + write, one implicit
+//                  transaction committed at the round's sync.
+//   known = false: round 1 BEGIN + reserve + lock, round 2 write + COMMIT (an aggregate
+//                  the writer does not know, e.g. one another process appended to).
+// A batch is `aggregates` appends of `per_append` events each, one per aggregate.
+const char* const store_sql_reserve =
+    "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
+    "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
+const char* const store_sql_lock =
+    "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
+    "ORDER BY aggregate_id FOR UPDATE";
+const char* const store_sql_lock_expecting =
+    "WITH a AS MATERIALIZED (SELECT aggregate_id, aggregate_type, version FROM aggregates "
+    "WHERE aggregate_id = ANY($1::text[]) ORDER BY aggregate_id FOR UPDATE) "
+    "SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'pliers: aggregates moved on' END)::int "
+    "FROM a JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS x(id, type, version) "
+    "ON a.aggregate_id = x.id AND a.aggregate_type = x.type AND a.version = x.version";
+const char* const store_sql_write =
+    "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
+    "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
+    "x AS (SELECT * FROM ROWS FROM (unnest($3::uuid[]), unnest($4::text[]), unnest($5::int[]), unnest($6::text[]), "
+    "unnest($7::text[]), unnest($8::bigint[]), unnest($9::uuid[]), unnest($10::uuid[]), "
+    "jsonb_array_elements($11::jsonb), jsonb_array_elements($12::jsonb)) WITH ORDINALITY AS x(id, type, version, "
+    "aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload, n)), "
+    "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
+    "sequence_number, causation_id, correlation_id, metadata, payload) SELECT h.base + x.n, x.id, x.type, "
+    "x.version, h.ts, x.aggregate_id, x.aggregate_type, x.seq, x.causation_id, x.correlation_id, x.metadata, "
+    "x.payload FROM h, x), "
+    "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) "
+    "SELECT x.id, x.aggregate_id, x.seq, h.base + x.n, h.ts FROM h, x), "
+    "a AS (UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
+    "first_timestamp = COALESCE(a.first_timestamp, h.ts), last_timestamp = h.ts FROM h, ("
+    "SELECT aggregate_id, max(seq) AS version, count(*) AS n, min(aggregate_type) AS t FROM x GROUP BY "
+    "aggregate_id) v WHERE a.aggregate_id = v.aggregate_id) "
+    "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h";
+
+row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape, int txns, int aggregates,
+                     int per_append, bool known, const std::string& key, const std::string& label) {
   bench_schema schema(cfg, admin);
   migrate(schema, "gin_path_ops");
   pg_conn db(schema.url());
   db.exec("SET TimeZone = 'UTC'; SET synchronous_commit = on");
-  // A batch of `aggregates` appends of `per_append` events each, one per aggregate (sorted
-  // names, as try_commit sorts them); the same aggregates in every transaction.
-  std::vector<std::string> aggs;
-  for (int a = 0; a < aggregates; ++a) {
-    char name[32];
-    std::snprintf(name, sizeof name, "bench-order-%04d", a);
-    aggs.emplace_back(name);
-  }
-  auto array = [](const std::vector<std::string>& v) {
-    std::string out = "{";
-    for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ",\"" : "\"") + v[i] + "\"";
-    return out + "}";
-  };
-  const std::string ids_param = array(aggs);
-  const std::string types_param = array(std::vector<std::string>(aggs.size(), shape.aggregate_type));
-  const std::string counts_param = array(std::vector<std::string>(aggs.size(), std::to_string(per_append)));
-  const int per_txn = aggregates * per_append;
-  struct prepared_txn {
-    std::string count, now, events_copy, ids_copy, upd_versions, upd_times;
-  };
-  std::vector<prepared_txn> work;
-  const auto base = now_micros();
-  std::int64_t position = 0;
-  for (int t = 0; t < txns; ++t) {
-    prepared_txn w;
-    const auto ts = format_rfc3339(base + std::chrono::milliseconds(t));
-    w.count = std::to_string(per_txn);
-    w.now = ts;
-    const auto version = static_cast<std::int64_t>(t + 1) * per_append;
-    for (const auto& agg : aggs) {
-      for (int i = 0; i < per_append; ++i) {
-        const auto id = new_uuid_v4();
-        const auto pos = std::to_string(++position);
-        const auto seq = std::to_string(static_cast<std::int64_t>(t) * per_append + i + 1);
-        w.events_copy += pos + '\t' + id + '\t' + shape.type + "\t1\t" + ts + '\t' + agg + '\t' +
-                         shape.aggregate_type + '\t' + seq + "\t\\N\t\\N\t";
-        append_copy_field(w.events_copy, shape.metadata_text);
-        w.events_copy += '\t';
-        append_copy_field(w.events_copy, shape.payload_text);
-        w.events_copy += '\n';
-        w.ids_copy += id + '\t' + agg + '\t' + seq + '\t' + pos + '\t' + ts + '\n';
-      }
-    }
-    w.upd_versions = array(std::vector<std::string>(aggs.size(), std::to_string(version)));
-    w.upd_times = array(std::vector<std::string>(aggs.size(), ts));
-    work.push_back(std::move(w));
-  }
-  const std::vector<std::string> steps = {"BEGIN",
-                                          "INSERT INTO aggregates ... ON CONFLICT DO NOTHING",
-                                          "SELECT ... FROM aggregates ... FOR UPDATE",
-                                          "UPDATE log_head ... RETURNING",
-                                          "COPY events",
-                                          "COPY event_ids",
-                                          "UPDATE aggregates ... FROM unnest(...)",
-                                          "COMMIT"};
-  std::vector<double> step_total(steps.size(), 0.0);
-  const std::string sql_reserve =
-      "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
-      "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
-  const std::string sql_lock =
-      "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
-      "ORDER BY aggregate_id FOR UPDATE";
-  const std::string sql_head =
-      "UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, $2::timestamptz) "
-      "RETURNING position, (EXTRACT(EPOCH FROM last_timestamp) * 1000000)::bigint";
-  const std::string sql_update =
-      "UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
-      "first_timestamp = COALESCE(a.first_timestamp, v.first_ts), last_timestamp = v.ts FROM ("
-      "SELECT id, max(version) AS version, sum(n) AS n, min(t) AS t, min(ts) AS first_ts, max(ts) AS ts FROM "
-      "unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[]) AS x(id, version, n, t, ts) "
-      "GROUP BY id) v WHERE a.aggregate_id = v.id";
-  if (prepared) {
-    db.prepare("reserve", sql_reserve);
-    db.prepare("lock", sql_lock);
-    db.prepare("head", sql_head);
-    db.prepare("update", sql_update);
-  }
-  auto run = [&](const char* name, const std::string& sql, const std::vector<std::string>& params) {
-    if (!prepared) return db.exec(sql, params);
-    std::vector<const char*> v;
-    for (const auto& p : params) v.push_back(p.c_str());
-    return db.exec_prepared(name, v);
-  };
-  row r{raw_layer, key, label};
-  std::vector<double> lat;
-  checkpoint(admin);
-  const auto before = sample(admin);
-  const auto cpu0 = process_cpu_seconds();
-  const auto t0 = steady::now();
-  std::int64_t expected_head = 0;
-  for (const auto& w : work) {
-    const auto start = steady::now();
-    auto t = start;
-    std::size_t step = 0;
-    auto lap = [&] {
-      const auto now = steady::now();
-      step_total[step++] += ms_between(t, now);
-      t = now;
-    };
-    db.exec("BEGIN");
-    lap();
-    run("reserve", sql_reserve, {ids_param, types_param});
-    lap();
-    run("lock", sql_lock, {ids_param});
-    lap();
-    auto head = run("head", sql_head, {w.count, w.now});
-    lap();
-    expected_head += per_txn;
-    if (std::stoll(PQgetvalue(head.get(), 0, 0)) != expected_head) throw failure("replay: unexpected log_head position");
-    db.copy_in("COPY events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
-               "sequence_number, causation_id, correlation_id, metadata, payload) FROM STDIN",
-               w.events_copy);
-    lap();
-    db.copy_in("COPY event_ids (id, aggregate_id, sequence_number, position, timestamp) FROM STDIN", w.ids_copy);
-    lap();
-    run("update", sql_update, {ids_param, w.upd_versions, counts_param, types_param, w.upd_times});
-    lap();
-    db.exec("COMMIT");
-    lap();
-    lat.push_back(ms_between(start, t));
-  }
-  r.seconds = seconds_since(t0);
-  r.bench_cpu = process_cpu_seconds() - cpu0;
-  record(r, admin, before);
-  r.events = static_cast<std::int64_t>(txns) * per_txn;
-  r.requests = txns;
-  set_percentiles(r, std::move(lat));
-  for (std::size_t i = 0; i < steps.size(); ++i) r.steps_ms.emplace_back(steps[i], step_total[i] / txns);
-  return r;
-}
-
-// A sketch, not the store's code: the same transaction in two round trips with libpq's
-// pipeline mode. Round 1: BEGIN + SELECT ... FOR UPDATE of the aggregates (the INSERT ...
-// ON CONFLICT DO NOTHING only when an aggregate is missing, here never after the first).
-// Round 2: one statement that takes the positions from log_head and inserts the events
-// and event_ids rows from arrays (COPY is not allowed in a pipeline), the aggregates
-// UPDATE, and COMMIT. All statements prepared. Shows what fewer round trips would give.
-row replay_pipelined(const config& cfg, pg_conn& admin, const event_shape& shape, int txns, int per_txn,
-                     const std::string& key, const std::string& label) {
-  bench_schema schema(cfg, admin);
-  migrate(schema, "gin_path_ops");
-  pg_conn db(schema.url());
-  db.exec("SET TimeZone = 'UTC'; SET synchronous_commit = on");
-  const std::string agg = "bench-order-1";
-  auto array_element = [](std::string& out, std::string_view v) {
+  auto element = [](std::string& out, std::string_view v) {
     out.push_back('"');
     for (char c : v) {
       if (c == '"' || c == '\\') out.push_back('\\');
@@ -895,78 +784,87 @@ row replay_pipelined(const config& cfg, pg_conn& admin, const event_shape& shape
     }
     out.push_back('"');
   };
-  const std::string ids_param = "{\"" + agg + "\"}";
-  const std::string types_param = "{\"" + shape.aggregate_type + "\"}";
-  // The aggregate exists (as after the store's first append to it).
-  db.exec("INSERT INTO aggregates (aggregate_id, aggregate_type, version) VALUES ('" + agg + "', '" +
-          shape.aggregate_type + "', 0)");
-  db.prepare("lock", "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
-                     "ORDER BY aggregate_id FOR UPDATE");
-  db.prepare("write",
-             "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
-             "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
-             "x AS (SELECT * FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::jsonb[], "
-             "$9::jsonb[]) WITH ORDINALITY AS x(id, type, aggregate_id, aggregate_type, seq, metadata, payload, ord)), "
-             "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
-             "sequence_number, metadata, payload) SELECT h.base + x.ord, x.id, x.type, 1, h.ts, x.aggregate_id, "
-             "x.aggregate_type, x.seq, x.metadata, x.payload FROM h, x "
-             "RETURNING id, aggregate_id, sequence_number, position, timestamp), "
-             "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) SELECT * FROM e) "
-             "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h");
-  db.prepare("update",
-             "UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
-             "first_timestamp = COALESCE(a.first_timestamp, v.first_ts), last_timestamp = v.ts FROM ("
-             "SELECT id, max(version) AS version, sum(n) AS n, min(t) AS t, min(ts) AS first_ts, max(ts) AS ts FROM "
-             "unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[]) AS x(id, version, n, t, ts) "
-             "GROUP BY id) v WHERE a.aggregate_id = v.id");
-  struct prepared_txn {
-    std::vector<std::string> write, update;
-  };
-  std::vector<prepared_txn> work;
-  const auto base = now_micros();
-  std::int64_t seq = 0;
-  for (int t = 0; t < txns; ++t) {
-    const auto ts = format_rfc3339(base + std::chrono::milliseconds(t));
-    std::string ids = "{", types = "{", aggs = "{", agg_types = "{", seqs = "{", mds = "{", pls = "{";
-    for (int i = 0; i < per_txn; ++i) {
-      const char* sep = i ? "," : "";
-      ids += sep + new_uuid_v4();
-      types += sep;
-      array_element(types, shape.type);
-      aggs += sep;
-      array_element(aggs, agg);
-      agg_types += sep;
-      array_element(agg_types, shape.aggregate_type);
-      seqs += sep + std::to_string(++seq);
-      mds += sep;
-      array_element(mds, shape.metadata_text);
-      pls += sep;
-      array_element(pls, shape.payload_text);
+  auto array = [&](const std::vector<std::string>& v, bool quote) {
+    std::string out = "{";
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (i) out += ',';
+      if (quote) element(out, v[i]);
+      else out += v[i];
     }
-    for (auto* a : {&ids, &types, &aggs, &agg_types, &seqs, &mds, &pls}) *a += "}";
-    work.push_back({{std::to_string(per_txn), ts, ids, types, aggs, agg_types, seqs, mds, pls},
-                    {ids_param, "{" + std::to_string(seq) + "}", "{" + std::to_string(per_txn) + "}", types_param,
-                     "{\"" + ts + "\"}"}});
+    return out + "}";
+  };
+  std::vector<std::string> aggs;
+  for (int a = 0; a < aggregates; ++a) {
+    char name[32];
+    std::snprintf(name, sizeof name, "bench-order-%04d", a);
+    aggs.emplace_back(name);
+  }
+  const std::string aggs_param = array(aggs, true);
+  const std::string types_param = array(std::vector<std::string>(aggs.size(), shape.aggregate_type), true);
+  const std::string count_param = std::to_string(aggs.size());
+  // The aggregates exist (created by an earlier append), at version 0 here.
+  db.exec("INSERT INTO aggregates (aggregate_id, aggregate_type, version) SELECT a, '" + shape.aggregate_type +
+          "', 0 FROM unnest('" + aggs_param + "'::text[]) a");
+  db.prepare("begin", "BEGIN");
+  db.prepare("commit", "COMMIT");
+  db.prepare("reserve", store_sql_reserve);
+  db.prepare("lock", store_sql_lock);
+  db.prepare("lock_expecting", store_sql_lock_expecting);
+  db.prepare("write", store_sql_write);
+  struct txn {
+    std::vector<std::string> lock, write;
+  };
+  std::vector<txn> work;
+  const auto base = now_micros();
+  const int per_txn = aggregates * per_append;
+  for (int t = 0; t < txns; ++t) {
+    txn w;
+    const std::int64_t before = static_cast<std::int64_t>(t) * per_append;
+    w.lock = {aggs_param, types_param, array(std::vector<std::string>(aggs.size(), std::to_string(before)), false),
+              count_param};
+    std::string ids = "{", types = "{", versions = "{", agg_ids = "{", agg_types = "{", seqs = "{", causes = "{",
+                corrs = "{", mds = "[", pls = "[";
+    int n = 0;
+    for (const auto& agg : aggs)
+      for (int i = 0; i < per_append; ++i) {
+        if (n++) {
+          for (auto* s : {&ids, &types, &versions, &agg_ids, &agg_types, &seqs, &causes, &corrs, &mds, &pls}) *s += ',';
+        }
+        element(ids, new_uuid_v7());
+        element(types, shape.type);
+        versions += "1";
+        element(agg_ids, agg);
+        element(agg_types, shape.aggregate_type);
+        seqs += std::to_string(before + i + 1);
+        causes += "NULL";
+        corrs += "NULL";
+        mds += shape.metadata_text;
+        pls += shape.payload_text;
+      }
+    for (auto* s : {&ids, &types, &versions, &agg_ids, &agg_types, &seqs, &causes, &corrs}) *s += '}';
+    mds += ']', pls += ']';
+    w.write = {std::to_string(per_txn), format_rfc3339(base + std::chrono::milliseconds(t)), ids, types, versions,
+               agg_ids, agg_types, seqs, causes, corrs, mds, pls};
+    work.push_back(std::move(w));
   }
   PGconn* c = db.handle();
   if (PQenterPipelineMode(c) != 1) throw failure("pipeline mode: " + std::string(PQerrorMessage(c)));
   auto send = [&](const char* name, const std::vector<std::string>& params) {
     std::vector<const char*> v;
     for (const auto& p : params) v.push_back(p.c_str());
-    const int ok = name ? PQsendQueryPrepared(c, name, static_cast<int>(v.size()), v.data(), nullptr, nullptr, 0)
-                        : PQsendQueryParams(c, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0);
-    if (ok != 1) throw failure("pipeline send: " + std::string(PQerrorMessage(c)));
+    if (PQsendQueryPrepared(c, name, static_cast<int>(v.size()), v.data(), nullptr, nullptr, 0) != 1)
+      throw failure("pipeline send: " + std::string(PQerrorMessage(c)));
   };
-  // Sends the sync, reads `queries` results; the first value of result `value_of` goes to *value.
-  auto sync = [&](int queries, int value_of, std::int64_t* value) {
+  // Sends the sync and reads `queries` results; returns the first value of the write's row.
+  auto sync = [&](int queries, int write_at) {
+    std::int64_t value = -1;
     if (PQpipelineSync(c) != 1) throw failure("pipeline sync: " + std::string(PQerrorMessage(c)));
     for (int q = 0; q < queries; ++q) {
       pg_result r(PQgetResult(c), &PQclear);
       const auto st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
       if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
         throw failure("pipeline: " + std::string(r ? PQresultErrorMessage(r.get()) : PQerrorMessage(c)));
-      if (value && q == value_of && st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0)
-        *value = std::stoll(PQgetvalue(r.get(), 0, 0));
+      if (q == write_at && st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0) value = std::stoll(PQgetvalue(r.get(), 0, 0));
       if (PGresult* end = PQgetResult(c)) {
         PQclear(end);
         throw failure("pipeline: more results than expected");
@@ -974,10 +872,11 @@ row replay_pipelined(const config& cfg, pg_conn& admin, const event_shape& shape
     }
     pg_result s(PQgetResult(c), &PQclear);
     if (!s || PQresultStatus(s.get()) != PGRES_PIPELINE_SYNC) throw failure("pipeline: no sync");
+    return value;
   };
-  const std::vector<std::string> steps = {"round 1: BEGIN + SELECT ... FOR UPDATE",
-                                          "round 2: WITH log_head, INSERT events, INSERT event_ids + UPDATE "
-                                          "aggregates + COMMIT"};
+  const std::vector<std::string> steps =
+      known ? std::vector<std::string>{"one round: lock expecting versions, write (implicit transaction)"}
+            : std::vector<std::string>{"round 1: BEGIN, reserve, lock", "round 2: write, COMMIT"};
   std::vector<double> step_total(steps.size(), 0.0);
   row r{raw_layer, key, label};
   std::vector<double> lat;
@@ -988,20 +887,30 @@ row replay_pipelined(const config& cfg, pg_conn& admin, const event_shape& shape
   std::int64_t expected_base = 0;
   for (const auto& w : work) {
     const auto start = steady::now();
-    send(nullptr, {});
-    send("lock", {ids_param});
-    sync(2, -1, nullptr);
-    const auto mid = steady::now();
+    auto mid = start;
     std::int64_t got_base = -1;
-    send("write", w.write);
-    send("update", w.update);
-    if (PQsendQueryParams(c, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) != 1)
-      throw failure("pipeline send: " + std::string(PQerrorMessage(c)));
-    sync(3, 0, &got_base);
-    if (got_base != expected_base) throw failure(key + ": unexpected log_head position");
+    if (known) {
+      send("lock_expecting", w.lock);
+      send("write", w.write);
+      got_base = sync(2, 1);
+    } else {
+      send("begin", {});
+      send("reserve", {aggs_param, types_param});
+      send("lock", {aggs_param});
+      sync(3, -1);
+      mid = steady::now();
+      send("write", w.write);
+      send("commit", {});
+      got_base = sync(2, 0);
+    }
     const auto end = steady::now();
-    step_total[0] += ms_between(start, mid);
-    step_total[1] += ms_between(mid, end);
+    if (got_base != expected_base) throw failure(key + ": unexpected log_head position");
+    if (known) {
+      step_total[0] += ms_between(start, end);
+    } else {
+      step_total[0] += ms_between(start, mid);
+      step_total[1] += ms_between(mid, end);
+    }
     lat.push_back(ms_between(start, end));
     expected_base += per_txn;
   }
@@ -1027,66 +936,88 @@ void run_pg(const config& cfg, const event_shape& shape, std::vector<row>& out) 
   const auto batch = cfg.batch_size;
   const auto b = std::to_string(batch);
   const auto t0 = steady::now();
+  // --pg-scenarios: a comma-separated list of the groups below; empty runs them all.
+  auto wanted = [&](std::string_view group) {
+    if (cfg.pg_scenarios.empty()) return true;
+    std::string_view list = cfg.pg_scenarios;
+    while (!list.empty()) {
+      const auto comma = list.find(',');
+      if (list.substr(0, comma) == group) return true;
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    }
+    return false;
+  };
 
-  report(out, round_trip(cfg, admin));
   // 3. The physical limit: raw libpq on migration_1's events table.
-  report(out, raw_writes(cfg, admin, shape, raw_method::copy, "copy_batch",
-                         "COPY of " + b + "-row batches, 1 connection (1 statement = 1 txn)", cfg.batch_appends, batch));
-  report(out, raw_writes(cfg, admin, shape, raw_method::insert, "insert_batch",
-                         "multi-row INSERT of " + b + " rows, 1 connection (prepared, 1 statement = 1 txn)",
-                         cfg.batch_appends, batch));
-  report(out, raw_writes(cfg, admin, shape, raw_method::insert_with_ids, "insert_batch_ids",
-                         "same INSERT plus the rows into event_ids (store schema), 1 statement = 1 txn",
-                         cfg.batch_appends, batch));
-  report(out, raw_single_rows(cfg, admin, shape, 1, cfg.single_appends, "insert_1",
-                              "1-row INSERT transactions, 1 connection"));
-  report(out, raw_single_rows(cfg, admin, shape, cfg.pg_raw_connections, cfg.concurrent_appends, "insert_1_concurrent",
-                              "1-row INSERT transactions, " + std::to_string(cfg.pg_raw_connections) +
-                                  " connections (1 aggregate each)"));
-
-  // 1. The C++ API.
-  report(out, api_sequential(cfg, admin, shape, "write_batch", "a. 1 thread x " + b + " events per append",
-                             cfg.batch_appends, batch));
-  report(out, api_concurrent(cfg, admin, shape));
-  report(out, api_sequential(cfg, admin, shape, "write_1", "c. 1 thread x 1 event per append", cfg.single_appends, 1));
-  api_reads(cfg, admin, shape, out);
-
-  // 2. HTTP.
-  report(out, http_scenario(cfg, admin, [&](const std::string& url, const std::function<void(bool)>& probe) {
-           return http_sequential_writes(cfg, shape, http_layer, url, "write_batch",
-                                         "a. 1 client x " + b + " events per append", cfg.batch_appends, batch, probe);
-         }));
-  report(out, http_scenario(cfg, admin, [&](const std::string& url, const std::function<void(bool)>& probe) {
-           auto r = http_concurrent_writes(cfg, shape, http_layer, url, probe);
-           r.scenario = "b. " + std::to_string(cfg.clients) + " clients x 1 event per append, 1 aggregate each";
-           return r;
-         }));
-
-  // 4. JSON index kinds (gin_path_ops, the default, is measured above).
-  for (const std::string kind : {"none", "gin"}) {
-    report(out, raw_writes(cfg, admin, shape, raw_method::insert, "insert_batch_json_" + kind,
-                           "multi-row INSERT of " + b + " rows, json_index " + kind, cfg.batch_appends, batch, kind));
-    report(out, api_sequential(cfg, admin, shape, "write_batch_json_" + kind,
-                               "a. 1 thread x " + b + " events per append, json_index " + kind, cfg.batch_appends,
-                               batch, kind));
+  if (wanted("raw")) {
+    report(out, round_trip(cfg, admin));
+    report(out, raw_writes(cfg, admin, shape, raw_method::copy, "copy_batch",
+                           "COPY of " + b + "-row batches, 1 connection (1 statement = 1 txn)", cfg.batch_appends, batch));
+    report(out, raw_writes(cfg, admin, shape, raw_method::insert, "insert_batch",
+                           "multi-row INSERT of " + b + " rows, 1 connection (prepared, 1 statement = 1 txn)",
+                           cfg.batch_appends, batch));
+    report(out, raw_writes(cfg, admin, shape, raw_method::insert_with_ids, "insert_batch_ids",
+                           "same INSERT plus the rows into event_ids (store schema), 1 statement = 1 txn",
+                           cfg.batch_appends, batch));
+  }
+  if (wanted("raw_single")) {
+    report(out, raw_single_rows(cfg, admin, shape, 1, cfg.single_appends, "insert_1",
+                                "1-row INSERT transactions, 1 connection"));
+    report(out, raw_single_rows(cfg, admin, shape, cfg.pg_raw_connections, cfg.concurrent_appends,
+                                "insert_1_concurrent",
+                                "1-row INSERT transactions, " + std::to_string(cfg.pg_raw_connections) +
+                                    " connections (1 aggregate each)"));
   }
 
-  // Where the time of an append goes: try_commit's statements one by one.
-  report(out, replay_try_commit(cfg, admin, shape, cfg.batch_appends, 1, batch, false, "replay_batch",
-                                "try_commit's statements replayed, 1 append of " + b + " events per txn"));
-  report(out, replay_try_commit(cfg, admin, shape, cfg.batch_appends, 1, batch, true, "replay_batch_prepared",
-                                "try_commit's statements replayed, 1 append of " + b + " events per txn, prepared"));
-  report(out, replay_try_commit(cfg, admin, shape, cfg.concurrent_appends, cfg.clients, 1, false, "replay_group",
-                                "try_commit's statements replayed, " + std::to_string(cfg.clients) +
-                                    " appends of 1 event (1 aggregate each) per txn"));
-  report(out, replay_try_commit(cfg, admin, shape, cfg.single_appends, 1, 1, false, "replay_1",
-                                "try_commit's statements replayed, 1 append of 1 event per txn"));
-  report(out, replay_try_commit(cfg, admin, shape, cfg.single_appends, 1, 1, true, "replay_1_prepared",
-                                "try_commit's statements replayed, 1 append of 1 event per txn, prepared"));
-  report(out, replay_pipelined(cfg, admin, shape, cfg.batch_appends, batch, "pipelined_batch",
-                               "sketch: the same transaction in 2 round trips (pipeline), " + b + " events per txn"));
-  report(out, replay_pipelined(cfg, admin, shape, cfg.single_appends, 1, "pipelined_1",
-                               "sketch: the same transaction in 2 round trips (pipeline), 1 event per txn"));
+  // 1. The C++ API.
+  if (wanted("api"))
+    report(out, api_sequential(cfg, admin, shape, "write_batch", "a. 1 thread x " + b + " events per append",
+                               cfg.batch_appends, batch));
+  if (wanted("api_concurrent")) report(out, api_concurrent(cfg, admin, shape));
+  if (wanted("api_single"))
+    report(out, api_sequential(cfg, admin, shape, "write_1", "c. 1 thread x 1 event per append", cfg.single_appends, 1));
+  if (wanted("read")) api_reads(cfg, admin, shape, out);
+
+  // 2. HTTP.
+  if (wanted("http")) {
+    report(out, http_scenario(cfg, admin, [&](const std::string& url, const std::function<void(bool)>& probe) {
+             return http_sequential_writes(cfg, shape, http_layer, url, "write_batch",
+                                           "a. 1 client x " + b + " events per append", cfg.batch_appends, batch, probe);
+           }));
+    report(out, http_scenario(cfg, admin, [&](const std::string& url, const std::function<void(bool)>& probe) {
+             auto r = http_concurrent_writes(cfg, shape, http_layer, url, probe);
+             r.scenario = "b. " + std::to_string(cfg.clients) + " clients x 1 event per append, 1 aggregate each";
+             return r;
+           }));
+  }
+
+  // 4. JSON index kinds (gin_path_ops, the default, is measured above).
+  if (wanted("json"))
+    for (const std::string kind : {"none", "gin"}) {
+      report(out, raw_writes(cfg, admin, shape, raw_method::insert, "insert_batch_json_" + kind,
+                             "multi-row INSERT of " + b + " rows, json_index " + kind, cfg.batch_appends, batch, kind));
+      report(out, api_sequential(cfg, admin, shape, "write_batch_json_" + kind,
+                                 "a. 1 thread x " + b + " events per append, json_index " + kind, cfg.batch_appends,
+                                 batch, kind));
+    }
+
+  // Where the time of an append goes: the store's transaction without the process's work.
+  if (wanted("replay")) {
+    report(out, replay_store_txn(cfg, admin, shape, cfg.batch_appends, 1, batch, true, "replay_batch",
+                                 "the store's transaction replayed, 1 append of " + b +
+                                     " events, aggregate known (1 round trip)"));
+    report(out, replay_store_txn(cfg, admin, shape, cfg.batch_appends, 1, batch, false, "replay_batch_2",
+                                 "the store's transaction replayed, 1 append of " + b +
+                                     " events, aggregate not known (2 round trips)"));
+    report(out, replay_store_txn(cfg, admin, shape, cfg.concurrent_appends, cfg.clients, 1, true, "replay_group",
+                                 "the store's transaction replayed, " + std::to_string(cfg.clients) +
+                                     " appends of 1 event (1 aggregate each), known (1 round trip)"));
+    report(out, replay_store_txn(cfg, admin, shape, cfg.single_appends, 1, 1, true, "replay_1",
+                                 "the store's transaction replayed, 1 append of 1 event, aggregate known (1 round trip)"));
+    report(out, replay_store_txn(cfg, admin, shape, cfg.single_appends, 1, 1, false, "replay_1_2",
+                                 "the store's transaction replayed, 1 append of 1 event, aggregate not known "
+                                 "(2 round trips)"));
+  }
   progress("PG section: " + std::to_string(seconds_since(t0)) + " s");
 }
 
@@ -1249,59 +1180,49 @@ std::string pg_results_markdown(const config& cfg, const std::vector<row>& rows)
     }
   }
 
-  // try_commit's statements.
-  const std::vector<const row*> replays = {
-      find(rows, raw_layer, "replay_batch"), find(rows, raw_layer, "replay_batch_prepared"),
-      find(rows, raw_layer, "replay_group"), find(rows, raw_layer, "replay_1"), find(rows, raw_layer, "replay_1_prepared")};
-  const row* any = nullptr;
-  for (const row* r : replays)
-    if (r && !r->steps_ms.empty()) any = any ? any : r;
-  if (any) {
-    auto total = [](const row* r) {
-      double t = 0;
-      for (const auto& s : r->steps_ms) t += s.second;
-      return t;
-    };
-    md << "\ntry_commit's statements replayed with libpq (same SQL, same parameters), mean ms per transaction:\n\n";
-    md << "| Statement | 1 x " << cfg.batch_size << " events: ms | share | same, prepared: ms | " << cfg.clients
-       << " aggregates x 1 event: ms | share | 1 x 1 event: ms | share | same, prepared: ms |\n";
-    md << "|---|--:|--:|--:|--:|--:|--:|--:|--:|\n";
-    auto cell = [&](const row* r, std::size_t i, bool share) {
-      if (!r || i >= r->steps_ms.size()) return std::string(share ? " | - | -" : " | -");
-      std::string c = " | " + fmt(r->steps_ms[i].second, 3);
-      if (share) c += " | " + fmt(100 * r->steps_ms[i].second / total(r), 0) + "%";
-      return c;
-    };
-    auto cell_total = [&](const row* r, bool share) {
-      if (!r) return std::string(share ? " | - | -" : " | -");
-      return " | " + fmt(total(r), 3) + (share ? " | 100%" : "");
-    };
-    for (std::size_t i = 0; i < any->steps_ms.size(); ++i) {
-      md << "| " << any->steps_ms[i].first << cell(replays[0], i, true) << cell(replays[1], i, false)
-         << cell(replays[2], i, true) << cell(replays[3], i, true) << cell(replays[4], i, false) << " |\n";
-    }
-    md << "| total" << cell_total(replays[0], true) << cell_total(replays[1], false) << cell_total(replays[2], true)
-       << cell_total(replays[3], true) << cell_total(replays[4], false) << " |\n";
-    const auto api_b = find(rows, api_layer, "write_batch");
-    const auto api_1 = find(rows, api_layer, "write_1");
-    md << "| C++ API append p50 (same statements, plus planning, JSON serialization, handoffs) | "
-       << (api_b ? fmt(api_b->p50_ms, 3) : "-") << " | | | | | " << (api_1 ? fmt(api_1->p50_ms, 3) : "-")
-       << " | | |\n";
-  }
-  const std::vector<const row*> sketches = {find(rows, raw_layer, "pipelined_batch"), find(rows, raw_layer, "pipelined_1")};
-  if (sketches[0] || sketches[1]) {
-    md << "\nSketch, not the store's code: the same transaction in 2 round trips with libpq pipeline mode, "
-          "all statements prepared (mean ms per transaction):\n\n";
-    md << "| Round trip | " << cfg.batch_size << " events/txn: ms | 1 event/txn: ms |\n|---|--:|--:|\n";
-    const row* any_sketch = sketches[0] ? sketches[0] : sketches[1];
-    for (std::size_t i = 0; i < any_sketch->steps_ms.size(); ++i) {
-      md << "| " << any_sketch->steps_ms[i].first;
-      for (const row* r : sketches)
-        md << " | " << (r && i < r->steps_ms.size() ? fmt(r->steps_ms[i].second, 3) : std::string("-"));
+  // The store's transaction replayed: PostgreSQL and the wire, without the process's work.
+  struct replay_col {
+    std::string label, key, api_key;
+  };
+  const std::vector<replay_col> cols = {
+      {"1 x " + std::to_string(cfg.batch_size) + " events, known", "replay_batch", "write_batch"},
+      {"1 x " + std::to_string(cfg.batch_size) + " events, not known", "replay_batch_2", ""},
+      {std::to_string(cfg.clients) + " x 1 event, known", "replay_group", "write_concurrent"},
+      {"1 x 1 event, known", "replay_1", "write_1"},
+      {"1 x 1 event, not known", "replay_1_2", ""}};
+  bool any_replay = false;
+  for (const auto& c : cols) any_replay = any_replay || find(rows, raw_layer, c.key);
+  if (any_replay) {
+    md << "\nThe store's append transaction replayed with libpq (same SQL, prepared, pipeline mode, parameters built "
+          "before the clock), mean ms per transaction; \"known\" = the writer knows the aggregates' versions:\n\n";
+    md << "| Round trip";
+    for (const auto& c : cols) md << " | " << c.label;
+    md << " |\n|---";
+    for (std::size_t i = 0; i < cols.size(); ++i) md << "|--:";
+    md << "|\n";
+    for (const std::string step : {"one round: lock expecting versions, write (implicit transaction)",
+                                   "round 1: BEGIN, reserve, lock", "round 2: write, COMMIT"}) {
+      md << "| " << step;
+      for (const auto& c : cols) {
+        const row* r = find(rows, raw_layer, c.key);
+        std::string v = "-";
+        if (r)
+          for (const auto& s : r->steps_ms)
+            if (s.first == step) v = fmt(s.second, 3);
+        md << " | " << v;
+      }
       md << " |\n";
     }
     md << "| p50 per transaction";
-    for (const row* r : sketches) md << " | " << (r ? fmt(r->p50_ms, 3) : std::string("-"));
+    for (const auto& c : cols) {
+      const row* r = find(rows, raw_layer, c.key);
+      md << " | " << (r ? fmt(r->p50_ms, 3) : std::string("-"));
+    }
+    md << " |\n| C++ API append p50 (plus queueing, planning, serialization, handoffs)";
+    for (const auto& c : cols) {
+      const row* r = c.api_key.empty() ? nullptr : find(rows, api_layer, c.api_key);
+      md << " | " << (r ? fmt(r->p50_ms, 3) : std::string("-"));
+    }
     md << " |\n";
   }
   if (cfg.scale < 1.0) md << "\n(scale " << cfg.scale << ": a smoke run; the targets are judged on a full run.)\n";

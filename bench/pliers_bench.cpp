@@ -301,6 +301,9 @@ int main(int argc, char** argv) {
   app.add_option("--pg-raw-connections", cfg.pg_raw_connections, "connections of the raw concurrent 1-row INSERTs")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  app.add_option("--pg-scenarios", cfg.pg_scenarios,
+                 "PostgreSQL groups to run, comma-separated (default all): raw, raw_single, api, api_single, "
+                 "api_concurrent, read, http, json, replay");
   app.add_option("--server", server, "pliers-events binary (default: next to pliers-bench)");
   app.add_option("--dir", dir, "where the temp directory with the SQLite files is made")->capture_default_str();
   app.add_option("--output", output, "also write the Markdown results to this file");

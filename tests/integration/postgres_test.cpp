@@ -1,13 +1,21 @@
 // PostgreSQL-specific guarantees (issue 3): positions under a held transaction, several
-// server processes on one database, partition rollover.
+// server processes on one database, a writer whose known aggregate versions went stale,
+// the answer to a commit lost on the way back, partition rollover.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <boost/json.hpp>
 #include <thread>
 
 #include "core/clock.hpp"
 #include "core/time_format.hpp"
+#include "core/uuid.hpp"
 #include "store/postgres/pg_db.hpp"
 #include "store/postgres/postgres_store.hpp"
 #include "support/append_history.hpp"
@@ -131,6 +139,221 @@ TEST_F(Postgres, TwoServerProcessesShareOneGapFreeLog) {
   history.stop();
   EXPECT_GT(history.acknowledged_count(), 100u);
   history.check_log(a.url());
+}
+
+// Each store's writer plans an append to an aggregate it committed to last with the version
+// it left it at, in one round trip, and checks that version when it locks (ADR 0005).
+// Another engine on the same database moves the aggregate on: the check fails and the
+// batch is planned again from the locked row, so expectedVersion is still exact. An id the
+// caller chose is planned as new in that round trip; a retry finds it stored (event_ids'
+// primary key) and is answered from the stored event.
+TEST_F(Postgres, AWriterWhoseKnownVersionsWentStalePlansAgain) {
+  auto a = open();
+  auto b = open();
+  auto expect_version = [](const result<append_result>& r, std::int64_t v) {
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->version, v);
+  };
+  expect_version(a->append({"shared", 0, {make("t.one")}}), 1);
+  expect_version(b->append({"shared", 1, {make("t.two")}}), 2);
+  expect_version(a->append({"shared", 2, {make("t.three")}}), 3);  // a knew version 1
+  expect_version(a->append({"shared", 3, {make("t.four")}}), 4);   // a knows version 3
+  auto stale = b->append({"shared", 2, {make("t.late")}});         // b knew version 2
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error().code, errc::conflict);
+  EXPECT_EQ(stale.error().current_version, 4);
+  expect_version(b->append({"shared", std::nullopt, {make("t.five"), make("t.six")}}), 6);
+  auto conflicting = a->append({"shared", 5, {make("t.lost")}});  // a knew 4; the aggregate is at 6
+  ASSERT_FALSE(conflicting);
+  EXPECT_EQ(conflicting.error().current_version, 6);
+
+  // Chosen ids: stored by a, retried through b (which does not know the aggregate), then
+  // through a (which does: the round trip plans the id as new and finds it stored).
+  auto with_id = [&](std::string id) {
+    auto e = make("t.chosen");
+    e.id = std::move(id);
+    return e;
+  };
+  const std::string id = new_uuid_v4();
+  auto first = a->append({"chosen", std::nullopt, {with_id(id)}});
+  ASSERT_TRUE(first) << first.error().message;
+  ASSERT_TRUE(a->append({"chosen", std::nullopt, {make("t.after")}}));
+  for (auto* store : {b.get(), a.get()}) {
+    auto again = store->append({"chosen", std::nullopt, {with_id(id)}});
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_TRUE(again->idempotent_replay);
+    EXPECT_EQ(again->events.at(0).position, first->events.at(0).position);
+    EXPECT_EQ(again->events.at(0).time, first->events.at(0).time);
+  }
+  // The same id with another event first is no retry: a conflict, and only for that append.
+  auto elsewhere = a->append({"chosen", std::nullopt, {make("t.new"), with_id(id)}});
+  ASSERT_FALSE(elsewhere);
+  EXPECT_EQ(elsewhere.error().code, errc::conflict);
+  EXPECT_EQ(elsewhere.error().field, "events[1].id");
+
+  auto log = a->read_all(log_position(0), 100);
+  ASSERT_TRUE(log);
+  ASSERT_EQ(log->size(), 8u);
+  for (std::size_t i = 0; i < log->size(); ++i) EXPECT_EQ((*log)[i].position.value, static_cast<std::int64_t>(i + 1));
+  auto shared = a->read_aggregate("shared", 1, std::nullopt, 100);
+  ASSERT_TRUE(shared);
+  ASSERT_EQ(shared->size(), 6u);
+  EXPECT_EQ(shared->back().type, "t.six");
+  auto meta = b->get_aggregate_metadata("shared");
+  ASSERT_TRUE(meta);
+  EXPECT_EQ(meta->version, 6);
+  EXPECT_EQ(meta->event_count, 6);
+}
+
+// A TCP proxy between the store and PostgreSQL that loses what one write round says. Armed,
+// it picks the first connection that sends the store's prepared write statement (the name
+// "pliers_write" in a Bind message). From then on that connection forwards nothing more
+// from the server; with `drop_request`, not even the round carrying the write. 300 ms
+// later it closes the connection. Without drop_request the server has committed and the
+// store never hears of it; with it, the server never saw the write.
+class lossy_proxy {
+ public:
+  explicit lossy_proxy(int target_port) : target_port_(target_port) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_, 64) != 0)
+      throw std::runtime_error("lossy_proxy: cannot listen");
+    socklen_t len = sizeof a;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    threads_.emplace_back([this] { accept_loop(); });
+  }
+  ~lossy_proxy() {
+    stopping_ = true;
+    {
+      std::lock_guard lock(m_);
+      for (int fd : sockets_) ::shutdown(fd, SHUT_RDWR);
+    }
+    for (auto& t : threads_) t.join();  // accept_loop adds no thread once stopping_ is seen
+    for (int fd : sockets_) ::close(fd);
+    ::close(listener_);
+  }
+  int port() const { return port_; }
+  void arm(bool drop_request) {
+    drop_request_ = drop_request;
+    fired_ = false;
+    armed_ = true;
+  }
+  bool fired() const { return fired_; }
+
+ private:
+  void accept_loop() {
+    while (!stopping_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      const int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) continue;
+      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<std::uint16_t>(target_port_));
+      if (::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(client), ::close(server);
+        continue;
+      }
+      auto victim = std::make_shared<std::atomic<bool>>(false);
+      std::lock_guard lock(m_);
+      sockets_.push_back(client), sockets_.push_back(server);
+      threads_.emplace_back([=, this] { pump_requests(client, server, victim); });
+      threads_.emplace_back([=, this] { pump_answers(server, client, victim); });
+    }
+  }
+  void pump_requests(int from, int to, std::shared_ptr<std::atomic<bool>> victim) {
+    char buf[65536];
+    std::string tail;  // the end of the previous chunk: the name may straddle two
+    while (true) {
+      const auto n = ::recv(from, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      std::string seen = tail + std::string(buf, static_cast<std::size_t>(n));
+      bool drop = false;
+      if (armed_ && !*victim && seen.find("pliers_write") != std::string::npos && armed_.exchange(false)) {
+        *victim = true;
+        fired_ = true;
+        drop = drop_request_;
+        std::thread([from, to] {
+          std::this_thread::sleep_for(300ms);
+          ::shutdown(from, SHUT_RDWR);
+          ::shutdown(to, SHUT_RDWR);
+        }).detach();
+      }
+      tail = seen.substr(seen.size() > 16 ? seen.size() - 16 : 0);
+      if (drop || (*victim && drop_request_)) continue;
+      if (::send(to, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+    }
+    ::shutdown(to, SHUT_WR);
+  }
+  void pump_answers(int from, int to, std::shared_ptr<std::atomic<bool>> victim) {
+    char buf[65536];
+    while (true) {
+      const auto n = ::recv(from, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      if (*victim) continue;
+      if (::send(to, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+    }
+    ::shutdown(to, SHUT_WR);
+  }
+
+  int target_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false}, armed_{false}, drop_request_{false}, fired_{false};
+  std::mutex m_;
+  std::vector<int> sockets_;  // GUARDED_BY(m_)
+  std::vector<std::thread> threads_;
+};
+
+// The connection breaks while a batch's commit is on its way. The writer cannot know
+// whether it committed: it asks on a new connection (by the batch's first new event id),
+// and answers with the stored positions when it did, or writes the batch again when it did
+// not. Either way each event is stored once, where the append says. Both ways of writing
+// are covered: one round trip (an aggregate the writer knows) and two (one it does not).
+TEST_F(Postgres, ACommitWhoseAnswerIsLostIsNeitherLostNorWrittenTwice) {
+  auto base = postgres_url();
+  const auto at = base->rfind(':');
+  const int pg_port = std::stoi(base->substr(at + 1));
+  lossy_proxy proxy(pg_port);
+  store_options o;
+  o.connect_timeout = 10s;
+  auto opened = open_store(schema_->url() + "&sslmode=disable&port=" + std::to_string(proxy.port()), o);
+  ASSERT_TRUE(opened) << opened.error().message;
+  auto& store = **opened;
+  ASSERT_TRUE(store.append({"known", std::nullopt, {make("t.first")}}));
+  struct step {
+    std::string aggregate;
+    bool drop_request;
+  };
+  const std::vector<step> steps = {{"known", false}, {"new-1", false}, {"known", true}, {"new-2", true}};
+  std::vector<append_result> acknowledged;
+  for (const auto& s : steps) {
+    proxy.arm(s.drop_request);
+    auto r = store.append({s.aggregate, std::nullopt, {make("t.lossy"), make("t.lossy")}});
+    ASSERT_TRUE(r) << s.aggregate << ": " << r.error().message;
+    EXPECT_TRUE(proxy.fired()) << s.aggregate << ": the write round was not interrupted";
+    acknowledged.push_back(*r);
+  }
+  ASSERT_TRUE(store.append({"known", std::nullopt, {make("t.last")}}));
+  auto log = store.read_all(log_position(0), 100);
+  ASSERT_TRUE(log);
+  ASSERT_EQ(log->size(), 1u + 2 * steps.size() + 1u);
+  for (std::size_t i = 0; i < log->size(); ++i) EXPECT_EQ((*log)[i].position.value, static_cast<std::int64_t>(i + 1));
+  for (const auto& r : acknowledged)
+    for (const auto& e : r.events) {
+      const auto& stored = (*log)[static_cast<std::size_t>(e.position.value - 1)];
+      EXPECT_EQ(stored.id, e.id);
+      EXPECT_EQ(stored.aggregate_id, r.aggregate_id);
+      EXPECT_EQ(stored.sequence, e.sequence);
+      EXPECT_EQ(stored.time, e.time);
+    }
+  EXPECT_EQ(store.get_aggregate_metadata("known")->version, 6);
 }
 
 TEST_F(Postgres, TwoServersFireEachScheduledEventOnce) {

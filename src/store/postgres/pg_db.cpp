@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <charconv>
 
 namespace pliers::pg {
@@ -61,22 +62,98 @@ result<query_result> connection::exec(const std::string& sql, const params& p) {
   return query_result(r);
 }
 
-result<void> connection::copy_in(const std::string& copy_sql, std::string_view data) {
-  PGresult* r = PQexec(conn_, copy_sql.c_str());
-  if (!r || PQresultStatus(r) != PGRES_COPY_IN) return fail(r, "COPY");
+result<void> connection::prepare(const std::string& name, const std::string& sql) {
+  PGresult* r = PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr);
+  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) return fail(r, "PREPARE " + name);
   PQclear(r);
-  if (PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1 || PQputCopyEnd(conn_, nullptr) != 1)
-    return fail(nullptr, "COPY data");
-  r = PQgetResult(conn_);
-  if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
-    auto e = fail(r, "COPY");
-    while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
-    return e;
-  }
-  PQclear(r);
-  while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
   sqlstate_.clear();
+  if (!is_prepared(name)) prepared_.push_back(name);
   return {};
+}
+
+bool connection::is_prepared(const std::string& name) const {
+  return std::find(prepared_.begin(), prepared_.end(), name) != prepared_.end();
+}
+
+result<void> connection::enter_pipeline() {
+  if (PQpipelineStatus(conn_) != PQ_PIPELINE_OFF) return {};
+  if (PQenterPipelineMode(conn_) != 1) return fail(nullptr, "pipeline mode");
+  return {};
+}
+
+result<void> connection::send(const statement& s) {
+  if (synced_) return error::make(errc::internal, "postgres: statement sent after the round's sync");
+  if (auto r = enter_pipeline(); !r) return r;
+  const int n = static_cast<int>(s.values.size());
+  const int ok = s.prepared ? PQsendQueryPrepared(conn_, s.prepared, n, s.values.data(), nullptr, nullptr, 0)
+                            : PQsendQueryParams(conn_, s.sql, n, nullptr, s.values.data(), nullptr, nullptr, 0);
+  if (ok != 1) return fail(nullptr, s.prepared ? s.prepared : "send");
+  ++pending_;
+  return {};
+}
+
+result<void> connection::flush() {
+  if (PQflush(conn_) != 0) return fail(nullptr, "pipeline flush");
+  return {};
+}
+
+result<void> connection::sync() {
+  if (auto r = enter_pipeline(); !r) return r;
+  // PQpipelineSync also flushes the round to the server (libpq reads incoming data while
+  // it cannot write, so large rounds do not deadlock against large results).
+  if (PQpipelineSync(conn_) != 1) return fail(nullptr, "pipeline sync");
+  synced_ = true;
+  return {};
+}
+
+result<std::vector<query_result>> connection::receive() {
+  std::vector<query_result> out;
+  out.reserve(pending_);
+  std::optional<error> failed;
+  const std::size_t statements = pending_;
+  pending_ = 0;
+  synced_ = false;
+  failed_statement_.reset();
+  // Each statement yields one result (its own, PIPELINE_ABORTED after a failure) followed
+  // by a NULL; then comes PIPELINE_SYNC. An error after the last statement's result is the
+  // failure of the implicit transaction's commit. A NULL that follows no result, or any
+  // NULL once the connection is gone, ends the reading: the connection is not usable.
+  std::size_t seen = 0;  // statements whose result was read
+  bool after_result = false;
+  while (true) {
+    PGresult* r = PQgetResult(conn_);
+    if (!r) {
+      if (!after_result || broken()) {
+        if (!failed) failed = broken() ? fail(nullptr, "pipeline") : error::make(errc::internal, "postgres: pipeline out of step");
+        return std::move(*failed);
+      }
+      after_result = false;
+      continue;
+    }
+    const auto st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      break;
+    }
+    after_result = true;
+    const std::size_t index = seen++;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+      if (index < statements) out.emplace_back(r);
+      else PQclear(r);
+    } else if (st == PGRES_PIPELINE_ABORTED) {
+      PQclear(r);
+    } else if (!failed) {
+      failed = fail(r, index < statements ? "pipeline statement " + std::to_string(index + 1) : std::string("COMMIT"));
+      if (!broken()) failed_statement_ = index;
+    } else {
+      PQclear(r);
+    }
+  }
+  if (PQexitPipelineMode(conn_) != 1 && !failed) failed = fail(nullptr, "leaving pipeline mode");
+  if (failed) return std::move(*failed);
+  if (out.size() != statements) return error::make(errc::internal, "postgres: pipeline results missing");
+  sqlstate_.clear();
+  return out;
 }
 
 bool connection::wait_for_notification(std::chrono::milliseconds timeout) {
@@ -96,24 +173,16 @@ bool connection::wait_for_notification(std::chrono::milliseconds timeout) {
   return drain();
 }
 
-void append_copy_field(std::string& out, std::string_view v) {
-  for (char c : v) {
-    switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default: out.push_back(c);
-    }
-  }
-}
-
 void append_array_element(std::string& out, std::string_view v) {
   out.push_back('"');
-  for (char c : v) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (v[i] == '"' || v[i] == '\\') {
+      out.append(v.data() + start, i - start);
+      out.push_back('\\');
+      start = i;
+    }
+  out.append(v.data() + start, v.size() - start);
   out.push_back('"');
 }
 

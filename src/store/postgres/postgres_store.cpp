@@ -385,7 +385,6 @@ struct postgres_store::impl {
   std::thread maintenance;
   std::thread listener;              // LISTEN pliers_events: commits of other processes
   std::function<void()> on_commit;   // the owner's notify_committed
-  std::set<std::int64_t> known_partitions;  // period starts (micros) known to exist; writer thread only
 
   impl(std::string u, const store_options& o) : url(std::move(u)), opts(o), clk(o.time_source ? *o.time_source : default_clock()) {}
 
@@ -397,8 +396,13 @@ struct postgres_store::impl {
     auto c = connection::open(url);
     if (!c) return std::move(c).error();
     auto& db = **c;
-    std::string setup = "SET TimeZone = 'UTC'; SET synchronous_commit = on; SET statement_timeout = " +
-                        std::to_string(opts.query_timeout.count());
+    // Commits wait for the WAL flush (DESIGN "Durability"): synchronous_commit is raised to
+    // `on` unless the server asks for more (`remote_apply`: standbys applied the commit,
+    // which read-your-writes on a standby needs).
+    std::string setup =
+        "SET TimeZone = 'UTC'; SELECT set_config('synchronous_commit', 'on', false) WHERE "
+        "current_setting('synchronous_commit') <> 'remote_apply'; SET statement_timeout = " +
+        std::to_string(opts.query_timeout.count());
     if (auto r = db.exec(setup); !r) return std::move(r).error();
     return c;
   }
@@ -501,193 +505,508 @@ struct postgres_store::impl {
     return {};
   }
 
-  // --- appends ---
+  // --- appends (docs/adr/0005-postgres-append-pipeline.md) ---
+
+  // The statements of the append transaction, prepared once per writer connection.
+  static constexpr const char* sql_reserve =
+      "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
+      "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
+  static constexpr const char* sql_lock =
+      "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
+      "ORDER BY aggregate_id FOR UPDATE";
+  // The same locks, checked against the versions the writer expects ($2 types, $3
+  // versions, $4 how many): fails (22P02) unless every aggregate is at its expected
+  // version, which aborts the transaction and makes the server skip the rest of the round.
+  static constexpr const char* sql_lock_expecting =
+      "WITH a AS MATERIALIZED (SELECT aggregate_id, aggregate_type, version FROM aggregates "
+      "WHERE aggregate_id = ANY($1::text[]) ORDER BY aggregate_id FOR UPDATE) "
+      "SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'pliers: aggregates moved on' END)::int "
+      "FROM a JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS x(id, type, version) "
+      "ON a.aggregate_id = x.id AND a.aggregate_type = x.type AND a.version = x.version";
+  static constexpr const char* sql_known_ids =
+      "SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
+      "FROM event_ids WHERE id = ANY($1::uuid[])";
+  // Positions from the counter, the events and their ids from arrays (metadata and
+  // payloads as JSON arrays: one parse each, no array escaping), the aggregates' versions
+  // and counts: one statement. x is numbered in the order of the planned positions, so
+  // base + n is the event's position. Several appends of a batch may touch one
+  // aggregate: its highest sequence number is its version, the counts add up.
+  static constexpr const char* sql_write =
+      "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
+      "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
+      "x AS (SELECT * FROM ROWS FROM (unnest($3::uuid[]), unnest($4::text[]), unnest($5::int[]), "
+      "unnest($6::text[]), unnest($7::text[]), unnest($8::bigint[]), unnest($9::uuid[]), unnest($10::uuid[]), "
+      "jsonb_array_elements($11::jsonb), jsonb_array_elements($12::jsonb)) WITH ORDINALITY AS x(id, type, version, "
+      "aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload, n)), "
+      "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
+      "sequence_number, causation_id, correlation_id, metadata, payload) SELECT h.base + x.n, x.id, x.type, "
+      "x.version, h.ts, x.aggregate_id, x.aggregate_type, x.seq, x.causation_id, x.correlation_id, x.metadata, "
+      "x.payload FROM h, x), "
+      "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) "
+      "SELECT x.id, x.aggregate_id, x.seq, h.base + x.n, h.ts FROM h, x), "
+      "a AS (UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
+      "first_timestamp = COALESCE(a.first_timestamp, h.ts), last_timestamp = h.ts FROM h, ("
+      "SELECT aggregate_id, max(seq) AS version, count(*) AS n, min(aggregate_type) AS t FROM x GROUP BY "
+      "aggregate_id) v WHERE a.aggregate_id = v.aggregate_id) "
+      "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h";
+
+  static result<void> prepare_writer(connection& db) {
+    static constexpr std::pair<const char*, const char*> statements[] = {
+        {"pliers_begin", "BEGIN"},
+        {"pliers_commit", "COMMIT"},
+        {"pliers_rollback", "ROLLBACK"},
+        {"pliers_reserve", sql_reserve},
+        {"pliers_lock", sql_lock},
+        {"pliers_lock_expecting", sql_lock_expecting},
+        {"pliers_known_ids", sql_known_ids},
+        {"pliers_write", sql_write}};
+    for (const auto& [name, sql] : statements)
+      if (!db.is_prepared(name))
+        if (auto r = db.prepare(name, sql); !r) return r;
+    return {};
+  }
+
+  // The aggregates this writer committed to last, with the version it left them at
+  // (writer thread only). Another process may have moved them on since: a batch planned
+  // with these versions locks its aggregates expecting them, and is planned again from the
+  // locked rows when they differ. Bounded: cleared when full.
+  static constexpr std::size_t max_known_aggregates = 65536;
+  std::unordered_map<std::string, append_lookup::aggregate_state> known_aggregates;
+
+  void remember(const std::string& id, append_lookup::aggregate_state state) {
+    if (known_aggregates.size() >= max_known_aggregates && !known_aggregates.count(id)) known_aggregates.clear();
+    known_aggregates.insert_or_assign(id, std::move(state));
+  }
+
+  // What every attempt at a batch needs, computed once per batch.
+  struct batch_input {
+    std::vector<std::string_view> aggregate_ids;  // sorted, distinct
+    std::vector<std::string_view> first_types;    // of each: the aggregate type of its first event in the batch
+    std::string aggregates, types;                // the same as text[]
+    std::string client_ids;                       // uuid[]: ids the callers chose ("" when none)
+    // Metadata and payload of every event (units, requests, events in order), serialized:
+    // event k's metadata is json[bounds[2k], bounds[2k+1]), its payload json[bounds[2k+1],
+    // bounds[2k+2]). Filled while the server locks.
+    std::string json;
+    std::vector<std::size_t> bounds;
+  };
+
+  static std::string text_array(const std::vector<std::string_view>& values) {
+    std::string out = "{";
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      if (i) out += ',';
+      pg::append_array_element(out, values[i]);
+    }
+    return out + '}';
+  }
+
+  static batch_input describe(std::span<group_commit::pending> batch) {
+    batch_input in;
+    std::map<std::string_view, std::string_view> aggregates;  // sorted: id -> type
+    std::vector<std::string_view> client_ids;
+    for (const auto& p : batch)
+      for (const auto& req : p.requests) {
+        aggregates.try_emplace(req.aggregate_id, req.events.front().aggregate_type);
+        for (const auto& e : req.events)
+          if (e.id) client_ids.push_back(*e.id);
+      }
+    for (const auto& [id, type] : aggregates) in.aggregate_ids.push_back(id), in.first_types.push_back(type);
+    in.aggregates = text_array(in.aggregate_ids);
+    in.types = text_array(in.first_types);
+    if (!client_ids.empty()) in.client_ids = text_array(client_ids);
+    return in;
+  }
+
+  static void serialize_json(std::span<group_commit::pending> batch, batch_input& in) {
+    if (!in.bounds.empty()) return;  // done by an earlier attempt
+    std::size_t events = 0;
+    for (const auto& p : batch) events += p.event_count();
+    in.bounds.reserve(2 * events + 1);
+    in.json.reserve(events * 512);
+    json::serializer sr;
+    char buf[4096];
+    auto append = [&](const json::object& o) {
+      in.bounds.push_back(in.json.size());
+      sr.reset(&o);
+      while (!sr.done()) in.json += sr.read(buf, sizeof buf);
+    };
+    for (const auto& p : batch)
+      for (const auto& req : p.requests)
+        for (const auto& e : req.events) append(e.metadata), append(e.payload);
+    in.bounds.push_back(in.json.size());
+  }
+
+  // Metadata and payloads are needed no more once serialized (every attempt writes them
+  // from `batch_input`): freeing them here, while the server works, keeps the frees off
+  // the path of the next batch.
+  static void release_json(std::span<group_commit::pending> batch) {
+    for (auto& p : batch)
+      for (auto& req : p.requests)
+        for (auto& e : req.events) {
+          e.metadata = json::object(e.metadata.storage());
+          e.payload = json::object(e.payload.storage());
+        }
+  }
+
+  // The requests of a unit without metadata and payload: the planner needs everything
+  // else, and the write takes metadata and payload from `batch_input` (no copies of the
+  // JSON objects).
+  static std::vector<append_request> planning_copy(const std::vector<append_request>& requests) {
+    std::vector<append_request> out;
+    out.reserve(requests.size());
+    for (const auto& r : requests) {
+      append_request c;
+      c.aggregate_id = r.aggregate_id;
+      c.expected_version = r.expected_version;
+      c.events.reserve(r.events.size());
+      for (const auto& e : r.events) {
+        new_event ne;
+        ne.id = e.id;
+        ne.type = e.type;
+        ne.aggregate_type = e.aggregate_type;
+        ne.version = e.version;
+        ne.causation_id = e.causation_id;
+        ne.correlation_id = e.correlation_id;
+        c.events.push_back(std::move(ne));
+      }
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  // The plans of a batch: every unit planned on its own, positions relative to the batch.
+  struct batch_plan {
+    std::vector<std::vector<append_plan>> units;  // empty for a failed unit
+    std::unordered_set<std::string> planned_here;  // ids this batch writes
+    std::int64_t events = 0;                        // to write; their relative positions are 1..events
+  };
+
   struct batch_outcome {
-    std::vector<group_commit::unit_result> results;
-    std::string first_new_id;  // an id this batch writes: resolves an unknown commit outcome
+    std::vector<group_commit::unit_result> results;  // positions and times final once committed
+    batch_plan plan;
+    std::string first_new_id;  // the batch's first new event (relative position 1): resolves an unknown outcome
     bool commit_sent = false;  // past this point a broken connection leaves the outcome unknown
     std::string sqlstate;      // of the statement that failed
   };
 
-  // One attempt at the whole batch in one transaction, filling `out`. On error the
-  // transaction is gone (rolled back, or the connection is broken).
-  result<void> try_commit(std::span<group_commit::pending> batch, connection& db, batch_outcome& out) {
-    if (auto r = db.exec("BEGIN"); !r) return std::move(r).error();
-    auto rollback = [&](error e) -> result<void> {
-      out.sqlstate = db.last_sqlstate();
-      if (!db.broken()) (void)db.exec("ROLLBACK");
-      return e;
-    };
-    // 1. Reserve and lock the aggregates in a global order (no deadlocks across processes).
-    std::map<std::string, std::string> aggregate_types;  // sorted
-    std::vector<std::string> client_ids;
-    for (const auto& p : batch)
-      for (const auto& req : p.requests) {
-        aggregate_types.emplace(req.aggregate_id, req.events.front().aggregate_type);
-        for (const auto& e : req.events)
-          if (e.id) client_ids.push_back(*e.id);
-      }
-    std::vector<std::string> agg_ids, agg_types;
-    for (const auto& [id, type] : aggregate_types) agg_ids.push_back(id), agg_types.push_back(type);
-    const auto ids_param = text_array(agg_ids);
-    if (auto r = db.exec("INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
-                         "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING",
-                         {ids_param, text_array(agg_types)});
-        !r)
-      return rollback(r.error());
-    batch_lookup lookup;
-    auto locked = db.exec("SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
-                          "ORDER BY aggregate_id FOR UPDATE",
-                          {ids_param});
-    if (!locked) return rollback(locked.error());
-    for (int i = 0; i < locked->rows(); ++i)
-      if (locked->int64(i, 2) > 0)
-        lookup.aggregates.emplace(std::string(locked->text(i, 0)),
-                                  append_lookup::aggregate_state{std::string(locked->text(i, 1)), locked->int64(i, 2)});
-    // 2. Ids already stored (idempotent retries and duplicates).
-    if (!client_ids.empty()) {
-      auto found = db.exec("SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
-                           "FROM event_ids WHERE id = ANY($1::uuid[])",
-                           {text_array(client_ids)});
-      if (!found) return rollback(found.error());
-      for (int i = 0; i < found->rows(); ++i)
-        lookup.events.emplace(std::string(found->text(i, 0)),
-                              append_lookup::stored_event{std::string(found->text(i, 1)), sequence_number(found->int64(i, 2)),
-                                                          log_position(found->int64(i, 3)), from_micros(found->int64(i, 4))});
-    }
-    // 3. Plan every append on its own, with positions relative to the batch.
-    auto now = clk.now();
-    std::unordered_set<std::string> planned_here;  // ids this batch writes
-    std::vector<std::vector<append_plan>> units;  // empty for a failed unit
-    std::vector<append_plan*> plans;              // every plan of the batch, in order
-    std::int64_t relative = 0;
+  void plan_batch(std::span<group_commit::pending> batch, batch_lookup& lookup, timestamp now, batch_outcome& out) {
+    auto& bp = out.plan;
+    bp = batch_plan{};
+    out.results.clear();
     for (const auto& p : batch) {
-      auto unit = plan_group(p.requests, lookup, log_position(relative), now);
+      auto unit = plan_group(planning_copy(p.requests), lookup, log_position(bp.events), now);
       if (!unit) {
         out.results.emplace_back(std::move(unit).error());
-        units.emplace_back();
+        bp.units.emplace_back();
         continue;
       }
-      for (const auto& plan : *unit) {
+      for (std::size_t r = 0; r < unit->size(); ++r) {
+        const auto& plan = (*unit)[r];
         if (plan.replay) continue;
-        for (const auto& e : plan.events)
-        {
+        // Later appends of the batch may retry or reuse the ids callers chose; an id the
+        // planner generated is new to everyone.
+        for (std::size_t k = 0; k < plan.events.size(); ++k) {
+          if (!p.requests[r].events[k].id) continue;
+          const auto& e = plan.events[k];
           lookup.events.emplace(e.id, append_lookup::stored_event{e.aggregate_id, e.sequence, e.position, e.time});
-          planned_here.insert(e.id);  // its position is relative to the batch until the counter is read
+          bp.planned_here.insert(e.id);  // its position is relative to the batch until the counter is read
         }
         lookup.aggregates[plan.events.back().aggregate_id] = {plan.aggregate_type, plan.result.version};
-        relative = plan.events.back().position.value;
+        bp.events = plan.events.back().position.value;
       }
       out.results.emplace_back(std::vector<append_result>{});
-      units.push_back(std::move(*unit));
+      bp.units.push_back(std::move(*unit));
     }
-    for (auto& u : units)
-      for (auto& plan : u) plans.push_back(&plan);
-    // 4. Positions from the counter, after every check: losers spend none.
-    if (relative > 0) {
-      auto head = db.exec(
-          "UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, $2::timestamptz) "
-          "RETURNING position, (EXTRACT(EPOCH FROM last_timestamp) * 1000000)::bigint",
-          {std::to_string(relative), format_rfc3339(now)});
-      if (!head) return rollback(head.error());
-      const std::int64_t base = head->int64(0, 0) - relative;
-      const timestamp commit_time = from_micros(head->int64(0, 1));
-      std::string events_copy, ids_copy;
-      std::vector<std::string> upd_ids, upd_versions, upd_counts, upd_types, upd_times;
-      for (auto* plan : plans) {
-        if (plan->replay) {
-          // A retry of an append planned earlier in this same batch replays provisional
-          // positions: make them the stored ones.
-          for (auto& r : plan->result.events)
-            if (planned_here.count(r.id)) r.position = log_position(r.position.value + base), r.time = commit_time;
-          continue;
-        }
-        for (auto& e : plan->events) e.position = log_position(e.position.value + base), e.time = commit_time;
-        for (auto& r : plan->result.events) r.position = log_position(r.position.value + base), r.time = commit_time;
-        for (const auto& e : plan->events) {
-          const auto ts = format_rfc3339(e.time);
-          events_copy += std::to_string(e.position.value);
-          events_copy += '\t';
-          events_copy += e.id;
-          events_copy += '\t';
-          pg::append_copy_field(events_copy, e.type);
-          events_copy += '\t';
-          events_copy += std::to_string(e.version);
-          events_copy += '\t';
-          events_copy += ts;
-          events_copy += '\t';
-          pg::append_copy_field(events_copy, e.aggregate_id);
-          events_copy += '\t';
-          pg::append_copy_field(events_copy, e.aggregate_type);
-          events_copy += '\t';
-          events_copy += std::to_string(e.sequence.value);
-          events_copy += '\t';
-          events_copy += e.causation_id ? *e.causation_id : "\\N";
-          events_copy += '\t';
-          events_copy += e.correlation_id ? *e.correlation_id : "\\N";
-          events_copy += '\t';
-          pg::append_copy_field(events_copy, json::serialize(e.metadata));
-          events_copy += '\t';
-          pg::append_copy_field(events_copy, json::serialize(e.payload));
-          events_copy += '\n';
-          ids_copy += e.id;
-          ids_copy += '\t';
-          pg::append_copy_field(ids_copy, e.aggregate_id);
-          ids_copy += '\t' + std::to_string(e.sequence.value) + '\t' + std::to_string(e.position.value) + '\t' + ts + '\n';
+  }
+
+  // The write statement's parameters: text arrays, and JSON arrays for metadata and
+  // payloads, in position order. build_write() refuses (false) plans whose positions are
+  // not 1, 2, ... (a bug: nothing is written).
+  struct write_arrays {
+    std::string count, at, ids, types, versions, aggregate_ids, aggregate_types, seqs, causations, correlations,
+        metadata, payloads;
+  };
+
+  static bool build_write(std::span<group_commit::pending> batch, const batch_input& in, const batch_plan& bp,
+                          timestamp now, write_arrays& w, batch_outcome& out) {
+    w.count = std::to_string(bp.events);
+    w.at = format_rfc3339(now);
+    for (auto* s : {&w.ids, &w.types, &w.versions, &w.aggregate_ids, &w.aggregate_types, &w.seqs, &w.causations,
+                    &w.correlations})
+      *s = "{";
+    w.metadata = w.payloads = "[";
+    w.metadata.reserve(in.json.size() / 2 + 64);
+    w.payloads.reserve(in.json.size() / 2 + 64);
+    auto nullable = [](std::string& out_array, const std::optional<std::string>& v) {
+      if (v) pg::append_array_element(out_array, *v);
+      else out_array += "NULL";
+    };
+    std::size_t event_index = 0;  // into in.bounds, over every event of the batch
+    std::int64_t written = 0;
+    for (std::size_t u = 0; u < batch.size(); ++u) {
+      const auto& requests = batch[u].requests;
+      for (std::size_t r = 0; r < requests.size(); ++r) {
+        const std::size_t first = event_index;
+        event_index += requests[r].events.size();
+        if (bp.units[u].empty() || bp.units[u][r].replay) continue;
+        const auto& plan = bp.units[u][r];
+        for (std::size_t k = 0; k < plan.events.size(); ++k) {
+          const auto& e = plan.events[k];
+          if (e.position.value != ++written) return false;
+          if (written > 1)
+            for (auto* s : {&w.ids, &w.types, &w.versions, &w.aggregate_ids, &w.aggregate_types, &w.seqs,
+                            &w.causations, &w.correlations, &w.metadata, &w.payloads})
+              *s += ',';
+          pg::append_array_element(w.ids, e.id);
+          pg::append_array_element(w.types, e.type);
+          w.versions += std::to_string(e.version);
+          pg::append_array_element(w.aggregate_ids, e.aggregate_id);
+          pg::append_array_element(w.aggregate_types, e.aggregate_type);
+          w.seqs += std::to_string(e.sequence.value);
+          nullable(w.causations, e.causation_id);
+          nullable(w.correlations, e.correlation_id);
+          const std::size_t j = 2 * (first + k);
+          w.metadata.append(in.json, in.bounds[j], in.bounds[j + 1] - in.bounds[j]);
+          w.payloads.append(in.json, in.bounds[j + 1], in.bounds[j + 2] - in.bounds[j + 1]);
           if (out.first_new_id.empty()) out.first_new_id = e.id;
         }
-        const auto& last = plan->events.back();
-        upd_ids.push_back(last.aggregate_id);
-        upd_versions.push_back(std::to_string(last.sequence.value));
-        upd_counts.push_back(std::to_string(plan->events.size()));
-        upd_types.push_back(plan->aggregate_type);
-        upd_times.push_back(format_rfc3339(last.time));
       }
-      if (auto r = db.copy_in("COPY events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
-                              "sequence_number, causation_id, correlation_id, metadata, payload) FROM STDIN",
-                              events_copy);
-          !r)
-        return rollback(r.error());
-      if (auto r = db.copy_in("COPY event_ids (id, aggregate_id, sequence_number, position, timestamp) FROM STDIN", ids_copy); !r)
-        return rollback(r.error());
-      // Several appends of one batch may touch one aggregate: the last (highest version) wins,
-      // counts add up.
-      if (auto r = db.exec(
-              "UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
-              "first_timestamp = COALESCE(a.first_timestamp, v.first_ts), last_timestamp = v.ts FROM ("
-              "SELECT id, max(version) AS version, sum(n) AS n, min(t) AS t, min(ts) AS first_ts, max(ts) AS ts FROM "
-              "unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[]) AS x(id, version, n, t, ts) "
-              "GROUP BY id) v WHERE a.aggregate_id = v.id",
-              {text_array(upd_ids), text_array(upd_versions), text_array(upd_counts), text_array(upd_types),
-               text_array(upd_times)});
-          !r)
-        return rollback(r.error());
     }
-    for (std::size_t i = 0; i < units.size(); ++i) {
-      if (units[i].empty()) continue;
-      std::vector<append_result> unit;
-      for (auto& plan : units[i]) unit.push_back(std::move(plan.result));
-      out.results[i] = std::move(unit);
+    for (auto* s : {&w.ids, &w.types, &w.versions, &w.aggregate_ids, &w.aggregate_types, &w.seqs, &w.causations,
+                    &w.correlations})
+      *s += '}';
+    w.metadata += ']', w.payloads += ']';
+    return written == bp.events;
+  }
+
+  // One attempt at the whole batch in one transaction, in libpq pipeline mode (ADR 0005).
+  //
+  // When the writer knows the version of every aggregate of the batch (it committed to
+  // them last), the batch is planned with those versions, and with the ids callers chose
+  // taken as new, and sent in one round trip as one implicit transaction (the statements
+  // of a pipeline round up to its sync; committed at the sync): lock the aggregates
+  // (sorted) expecting those versions, then write. The lock is flushed first, so the
+  // server locks while the metadata and payloads are serialized and the batch is planned.
+  // If another process moved an aggregate on, the lock statement fails; if a chosen id is
+  // already stored (a retry), the write fails on event_ids' primary key. Either way the
+  // transaction aborts with nothing written, and the batch goes the long way:
+  //
+  // round 1: BEGIN, reserve the aggregates the writer does not know, lock them all
+  //          (sorted), read the callers' ids that are already stored; serialize meanwhile;
+  // round 2: plan with the locked versions, then write and COMMIT.
+  //
+  // Reservations always come before row locks, so processes cannot deadlock on the
+  // aggregates; the counter (log_head) is taken last. When nothing is to be written
+  // (conflicts, replays), ROLLBACK instead of the write: no commit record to wait for. On
+  // error the transaction is gone (rolled back, or the connection is broken).
+  result<void> try_commit(std::span<group_commit::pending> batch, batch_input& in, connection& db,
+                          batch_outcome& out) {
+    if (auto r = prepare_writer(db); !r) return r;
+    auto rollback = [&](error e) -> result<void> {
+      out.sqlstate = db.last_sqlstate();
+      if (!db.broken() && !db.idle()) (void)db.exec("ROLLBACK");
+      return e;
+    };
+    const auto now = clk.now();
+    batch_lookup lookup;
+    bool speculative = true;
+    for (std::size_t i = 0; speculative && i < in.aggregate_ids.size(); ++i) {
+      auto it = known_aggregates.find(std::string(in.aggregate_ids[i]));
+      if (it == known_aggregates.end() || it->second.aggregate_type != in.first_types[i]) speculative = false;
+      else lookup.aggregates.emplace(it->first, it->second);
     }
-    out.commit_sent = true;
-    if (auto r = db.exec("COMMIT"); !r) return r.error();
+    if (speculative) {
+      std::string versions = "{";
+      for (const auto& id : in.aggregate_ids) {
+        if (versions.size() > 1) versions += ',';
+        versions += std::to_string(lookup.aggregates.at(std::string(id)).version);
+      }
+      versions += '}';
+      const std::string count = std::to_string(in.aggregate_ids.size());
+      const char* lock_values[] = {in.aggregates.c_str(), in.types.c_str(), versions.c_str(), count.c_str()};
+      if (auto r = db.send({"pliers_lock_expecting", nullptr, lock_values}); !r) return rollback(r.error());
+      if (auto r = db.flush(); !r) return rollback(r.error());
+      serialize_json(batch, in);  // while the server locks
+      // Ids the callers chose are planned as new: event_ids' primary key refuses one that
+      // is already stored (23505), and the batch then goes the long way, which reads them.
+      // An append refused by the planner writes nothing for the key to check, and had its
+      // ids been stored the answer could differ (a retry is a replay, whatever its
+      // expectedVersion): such a batch goes the long way at once.
+      plan_batch(batch, lookup, now, out);
+      bool unchecked = false;
+      for (std::size_t u = 0; u < batch.size() && !unchecked; ++u)
+        if (!out.results[u])
+          for (const auto& req : batch[u].requests)
+            for (const auto& e : req.events) unchecked = unchecked || e.id.has_value();
+      auto done = unchecked ? abandon(db) : finish(batch, in, now, false, db, out);
+      if (done) return done;
+      const auto failed = db.failed_statement();
+      const bool moved_on = failed == std::size_t{0};
+      const bool id_stored = unchecked || (failed == std::size_t{1} && db.last_sqlstate() == "23505" &&
+                                           !in.client_ids.empty());
+      if (!moved_on && !id_stored) return rollback(done.error());
+      // Another process appended to one of the aggregates: forget what this writer knew
+      // about them and plan again from the locked rows. (The failed round's implicit
+      // transaction is rolled back already.)
+      if (moved_on)
+        for (const auto& id : in.aggregate_ids) known_aggregates.erase(std::string(id));
+      out = batch_outcome{};
+      lookup = batch_lookup{};
+    }
+    // Round 1.
+    std::vector<std::string_view> unknown_ids, unknown_types;
+    for (std::size_t i = 0; i < in.aggregate_ids.size(); ++i)
+      if (!known_aggregates.count(std::string(in.aggregate_ids[i])))
+        unknown_ids.push_back(in.aggregate_ids[i]), unknown_types.push_back(in.first_types[i]);
+    std::string reserve_ids, reserve_types;
+    const char* reserve_values[] = {nullptr, nullptr};
+    const char* lock_values[] = {in.aggregates.c_str()};
+    const char* ids_values[] = {in.client_ids.c_str()};
+    auto send_round_1 = [&](bool restart) -> result<void> {
+      if (restart) {
+        // An aggregate this writer thought existed was not found: reserve them all.
+        if (auto r = db.send({"pliers_rollback"}); !r) return r;
+        reserve_values[0] = in.aggregates.c_str(), reserve_values[1] = in.types.c_str();
+      } else if (!unknown_ids.empty()) {
+        reserve_ids = text_array(unknown_ids), reserve_types = text_array(unknown_types);
+        reserve_values[0] = reserve_ids.c_str(), reserve_values[1] = reserve_types.c_str();
+      }
+      if (auto r = db.send({"pliers_begin"}); !r) return r;
+      if (reserve_values[0])
+        if (auto r = db.send({"pliers_reserve", nullptr, reserve_values}); !r) return r;
+      if (auto r = db.send({"pliers_lock", nullptr, lock_values}); !r) return r;
+      if (!in.client_ids.empty())
+        if (auto r = db.send({"pliers_known_ids", nullptr, ids_values}); !r) return r;
+      return db.sync();
+    };
+    if (auto r = send_round_1(false); !r) return rollback(r.error());
+    serialize_json(batch, in);  // while the server locks
+    auto round = db.receive();
+    if (!round) return rollback(round.error());
+    const std::size_t ids_results = in.client_ids.empty() ? 0 : 1;
+    if (static_cast<std::size_t>((*round)[round->size() - 1 - ids_results].rows()) < in.aggregate_ids.size()) {
+      if (auto r = send_round_1(true); !r) return rollback(r.error());
+      round = db.receive();
+      if (!round) return rollback(round.error());
+      if (static_cast<std::size_t>((*round)[round->size() - 1 - ids_results].rows()) < in.aggregate_ids.size())
+        return rollback(error::make(errc::internal, "postgres: reserved aggregates not found"));
+    }
+    const auto& locked = (*round)[round->size() - 1 - ids_results];
+    for (int i = 0; i < locked.rows(); ++i)
+      if (locked.int64(i, 2) > 0)
+        lookup.aggregates.emplace(std::string(locked.text(i, 0)),
+                                  append_lookup::aggregate_state{std::string(locked.text(i, 1)), locked.int64(i, 2)});
+    if (ids_results) {
+      const auto& found = round->back();
+      for (int i = 0; i < found.rows(); ++i)
+        lookup.events.emplace(std::string(found.text(i, 0)),
+                              append_lookup::stored_event{std::string(found.text(i, 1)), sequence_number(found.int64(i, 2)),
+                                                          log_position(found.int64(i, 3)), from_micros(found.int64(i, 4))});
+    }
+    for (const auto& [id, state] : lookup.aggregates) remember(id, state);
+    // Round 2.
+    plan_batch(batch, lookup, now, out);
+    if (auto r = finish(batch, in, now, true, db, out); !r) return rollback(r.error());
     return {};
   }
 
-  // Did a batch that wrote `id` commit? Asked after the connection broke mid-commit.
-  result<bool> committed(const std::string& id) {
+  // Ends a one-round attempt after its lock, without writing: ROLLBACK, then the round's
+  // results. Returns an error (failed_statement() 0 when the lock failed) for the caller
+  // to go the long way.
+  static result<void> abandon(connection& db) {
+    if (auto r = db.send({"pliers_begin"}); !r) return r;  // see finish()
+    if (auto r = db.send({"pliers_rollback"}); !r) return r;
+    if (auto r = db.sync(); !r) return r;
+    if (auto r = db.receive(); !r) return std::move(r).error();
+    return error::make(errc::unavailable, "postgres: chosen ids to check");
+  }
+
+  // Sends the rest of the round: the write (and COMMIT after an explicit BEGIN), or
+  // ROLLBACK when there is nothing to write; receives the whole round and fills in the
+  // stored positions and time. `locked`: the locks were taken and checked in an earlier
+  // round, within BEGIN; otherwise the round is one implicit transaction. On error the
+  // transaction may be open in the aborted state (the caller rolls back).
+  result<void> finish(std::span<group_commit::pending> batch, const batch_input& in, timestamp now, bool locked,
+                      connection& db, batch_outcome& out) {
+    auto& bp = out.plan;
+    write_arrays w;
+    if (bp.events > 0) {
+      if (!build_write(batch, in, bp, now, w, out)) {
+        if (db.sync()) (void)db.receive();
+        return error::make(errc::internal, "postgres: planned positions are not consecutive");
+      }
+      const char* write_values[] = {w.count.c_str(),         w.at.c_str(),         w.ids.c_str(),
+                                    w.types.c_str(),         w.versions.c_str(),   w.aggregate_ids.c_str(),
+                                    w.aggregate_types.c_str(), w.seqs.c_str(),     w.causations.c_str(),
+                                    w.correlations.c_str(),  w.metadata.c_str(),   w.payloads.c_str()};
+      out.commit_sent = true;
+      if (auto r = db.send({"pliers_write", nullptr, write_values}); !r) return r;
+      if (locked)
+        if (auto r = db.send({"pliers_commit"}); !r) return r;
+    } else {
+      // In an implicit transaction, BEGIN first turns it into an explicit one (statements
+      // before included), which ROLLBACK then ends: no commit record, no warning.
+      if (!locked)
+        if (auto r = db.send({"pliers_begin"}); !r) return r;
+      if (auto r = db.send({"pliers_rollback"}); !r) return r;
+    }
+    if (auto r = db.sync(); !r) return r;
+    release_json(batch);  // while the server writes and commits
+    auto done = db.receive();
+    if (!done) {
+      out.sqlstate = db.last_sqlstate();
+      // Nothing was to be written and the locks were checked before: the outcome stands
+      // whatever happened to the ROLLBACK (a broken connection is replaced later).
+      if (bp.events == 0 && locked && !db.failed_statement()) return finish_results(0, {}, out);
+      return std::move(done).error();
+    }
+    if (bp.events == 0) return finish_results(0, {}, out);
+    // The write statement's row: the first position minus one, and the commit time.
+    const auto& head = (*done)[done->size() - (locked ? 2 : 1)];
+    return finish_results(head.int64(0, 0), from_micros(head.int64(0, 1)), out);
+  }
+
+  // Once the batch committed (or wrote nothing): the stored positions and time in every
+  // result, and what this writer now knows of the aggregates it wrote.
+  result<void> finish_results(std::int64_t base, timestamp commit_time, batch_outcome& out) {
+    auto& bp = out.plan;
+    for (std::size_t i = 0; i < bp.units.size(); ++i) {
+      if (bp.units[i].empty()) continue;
+      std::vector<append_result> unit;
+      for (auto& plan : bp.units[i]) {
+        if (!plan.replay) remember(plan.result.aggregate_id, {plan.aggregate_type, plan.result.version});
+        for (auto& r : plan.result.events)
+          // A retry of an append planned earlier in this same batch replays provisional
+          // positions too: make them the stored ones.
+          if (!plan.replay || bp.planned_here.count(r.id))
+            r.position = log_position(r.position.value + base), r.time = commit_time;
+        unit.push_back(std::move(plan.result));
+      }
+      out.results[i] = std::move(unit);
+    }
+    return {};
+  }
+
+  // Did a batch whose first new event is `id` commit? Asked after the connection broke
+  // while the commit was on its way. When it did: that event's position and time, which
+  // are the batch's base + 1 and commit time.
+  result<std::optional<std::pair<std::int64_t, timestamp>>> committed(const std::string& id) {
     auto c = connect_with_retry(opts.connect_timeout);
     if (!c) return std::move(c).error();
     writer = std::move(*c);
-    auto r = writer->exec("SELECT 1 FROM event_ids WHERE id = $1::uuid", {id});
+    auto r = writer->exec(
+        "SELECT position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint FROM event_ids WHERE id = $1::uuid", {id});
     if (!r) return std::move(r).error();
-    return r->rows() > 0;
+    if (r->rows() == 0) return std::optional<std::pair<std::int64_t, timestamp>>();
+    return std::optional<std::pair<std::int64_t, timestamp>>({r->int64(0, 0), from_micros(r->int64(0, 1))});
   }
 
   std::vector<group_commit::unit_result> commit(std::span<group_commit::pending> batch) {
     error last = error::make(errc::unavailable, "postgres: not connected");
+    batch_input in = describe(batch);
     for (int attempt = 0; attempt < 4; ++attempt) {
-      if (!writer || writer->broken()) {
+      if (!writer || !writer->idle()) {
+        writer.reset();
         auto c = connect_with_retry(opts.connect_timeout);
         if (!c) {
           last = c.error();
@@ -696,33 +1015,34 @@ struct postgres_store::impl {
         writer = std::move(*c);
       }
       batch_outcome out;
-      auto r = try_commit(batch, *writer, out);
+      auto r = try_commit(batch, in, *writer, out);
       if (r) {
         signal_commit();
         return std::move(out.results);
       }
       last = r.error();
       if (out.sqlstate == "23514") {  // no partition for these timestamps: create, retry
-        auto created = ensure(*writer, clk.now(), 1);
+        auto created = writer->idle() ? ensure(*writer, clk.now(), 1) : result<void>();
         if (!created) last = created.error();
         continue;
       }
       if (!writer->broken() && r.error().code != errc::unavailable) break;  // a real error: report it
-      if (out.commit_sent) {
-        // The connection broke during COMMIT: it may have committed. Ask before retrying,
-        // so that nothing is written twice and nothing acknowledged is lost.
-        if (out.first_new_id.empty()) return std::move(out.results);  // wrote nothing
+      if (out.commit_sent && writer->broken()) {
+        // The connection broke while the commit was on its way: it may have committed. Ask
+        // before retrying, so that nothing is written twice and nothing acknowledged is lost.
         auto done = committed(out.first_new_id);
         if (!done) {
           last = done.error();
           break;
         }
         if (*done) {
+          (void)finish_results((*done)->first - 1, (*done)->second, out);
           signal_commit();
           return std::move(out.results);
         }
       }
-      writer.reset();  // rolled back: plan and write the batch again on a new connection
+      // Rolled back (deadlock, lost connection...): plan and write the batch again, on a
+      // new connection when this one is not usable.
       std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
     }
     std::vector<group_commit::unit_result> out;
