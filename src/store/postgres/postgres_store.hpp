@@ -1,15 +1,17 @@
-// The production store on PostgreSQL 15 (DESIGN "The log", docs/adr/0003). Tables:
+// The production store on PostgreSQL 15 (DESIGN "The log", docs/adr/0003 and 0005). Tables:
 // `aggregates` (one row per aggregate: type and version, the row lock serializes appends to
 // it), `log_head` (the one-row position counter), `event_ids` (global id uniqueness and
 // idempotency), `events` (partitioned by timestamp: monthly | weekly | daily | none),
 // `event_snapshots`, `schema_migrations`, `pliers_settings`; beside the log,
 // `scheduled_events`, `consumer_group_*` and `dead_letters` (the dead-letter queue).
 //
-// Appends: one group-commit thread per process with its own connection; each batch is one
-// transaction: reserve and lock the aggregate rows (sorted), check versions and ids, take
-// positions from log_head, COPY the events, commit. Positions are therefore gap-free and
-// visible in commit order across any number of processes. After a commit a separate
-// connection sends a debounced, payload-free NOTIFY pliers_events.
+// Appends: one group-commit thread per process with its own connection and prepared
+// statements; each batch is one transaction, in one or two pipelined round trips: lock the
+// aggregate rows (sorted; reserved first when new), check versions and ids, then one
+// statement takes positions from log_head and writes the events, their ids and the
+// aggregates. Positions are therefore gap-free and visible in commit order across any
+// number of processes. After a commit a separate connection sends a debounced,
+// payload-free NOTIFY pliers_events.
 // Reads use a pool of connections; a broken connection is replaced on next use.
 // Thread-safety: all members may be called concurrently.
 #pragma once
