@@ -73,6 +73,9 @@ struct http_client::impl {
     auto eps = resolver.resolve(host, port, ec);
     if (ec) return error::make(errc::unavailable, "cannot resolve " + host + ":" + port + ": " + ec.message());
     stream.emplace(ioc);
+    // Beast reads max(512, free capacity) bytes at a time: room up front reads a large
+    // response in few calls instead of one per 512 bytes.
+    buffer.reserve(64 * 1024);
     auto& sock = stream->socket();
     const timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
     ec = asio::error::host_not_found;
