@@ -100,7 +100,15 @@ using tcp = asio::ip::tcp;
 struct http_server::impl {
   server_config cfg;
   event_store& store;
+  // One io_context per network thread, each run by that thread alone: a connection lives
+  // on one of them (round robin) and all its handlers run on that thread, with no strand
+  // and no hand-off to another thread between reading a request and answering it (with
+  // one shared context, its two threads woke each other several times per request).
+  // `ioc` is the first; it also runs the acceptor, signals and shutdown.
   asio::io_context ioc;
+  std::vector<std::unique_ptr<asio::io_context>> more_iocs;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> more_iocs_work;
+  std::size_t next_ioc = 0;  // used by the accept loop only
   asio::thread_pool workers;
   tcp::acceptor acceptor{ioc};
   std::optional<asio::signal_set> signals;
@@ -121,7 +129,8 @@ struct http_server::impl {
   std::atomic<std::size_t> connections{0};
 
   // Live sessions, so that shutdown can close the idle ones. An entry is touched only on
-  // its session's strand (shutdown posts there), so the stream pointer is valid when used.
+  // its session's thread (shutdown posts to its executor), so the stream pointer is valid
+  // when used.
   struct session_entry {
     asio::any_io_executor executor;
     beast::tcp_stream* stream;
@@ -132,7 +141,7 @@ struct http_server::impl {
   std::uint64_t next_session = 0;                             // GUARDED_BY(sessions_mutex)
 
   impl(server_config c, event_store& s)
-      : cfg(std::move(c)), store(s), ioc(static_cast<int>(cfg.io_threads)), workers(cfg.worker_threads),
+      : cfg(std::move(c)), store(s), ioc(1), workers(cfg.worker_threads),
         tailer(store, log_tailer::options{.poll_interval = cfg.tail_poll_interval}),
         fire_scheduled(store, default_clock(), scheduler::options{}),
         retries(store, default_clock(), retry_engine::options{.max_concurrent = cfg.retry_max_concurrent, .default_policy = cfg.default_retry}),
@@ -143,6 +152,10 @@ struct http_server::impl {
                                     .native_workers = cfg.plugin_workers}),
         state{cfg, store, default_access_policy(), workers, tailer, streams, stopping,
               [this](scheduled_event e) { return fire_scheduled.schedule(std::move(e)); }} {
+    for (unsigned i = 1; i < cfg.io_threads; ++i) {
+      more_iocs.push_back(std::make_unique<asio::io_context>(1));
+      more_iocs_work.push_back(asio::make_work_guard(*more_iocs.back()));
+    }
     state.dead_letters = &retries;
     if (cfg.plugins_enabled) state.plugins = &chain;
     state.channels = &channels;
@@ -244,7 +257,9 @@ struct http_server::impl {
 
   asio::awaitable<void> accept_loop() {
     while (!stopping) {
-      auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), asio::as_tuple(asio::use_awaitable));
+      auto& home = next_ioc == 0 ? ioc : *more_iocs[next_ioc - 1];
+      next_ioc = (next_ioc + 1) % (more_iocs.size() + 1);
+      auto [ec, socket] = co_await acceptor.async_accept(home, asio::as_tuple(asio::use_awaitable));
       if (ec) {
         if (stopping || ec == asio::error::operation_aborted) break;
         log::warn("accept failed", {{"error", ec.message()}});
@@ -356,6 +371,8 @@ struct http_server::impl {
     co_return !ec && keep_alive;
   }
 
+  static constexpr std::size_t idle_buffer_bytes = 16 * 1024;
+
   asio::awaitable<void> serve_connection(beast::tcp_stream& stream, beast::flat_buffer& buffer, bool& busy) {
     while (!stopping) {
       http::request_parser<http::string_body> parser;
@@ -373,6 +390,11 @@ struct http_server::impl {
       }
       busy = true;
       stream.expires_after(cfg.request_timeout);
+      // Beast reads max(512, free capacity) bytes at a time: without room made for the
+      // body first, a 40 KB append arrives in 80 reads, each a recvmsg, an epoll_wait and a
+      // timer re-arm. Room for the whole body (up to the buffer's limit) reads it in one.
+      if (auto n = parser.content_length(); n && *n > buffer.capacity() - buffer.size())
+        buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size() + *n, buffer.max_size())));
       auto [bec, bn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
       if (bec) {
         if (bec == beast::error::timeout || bec == asio::error::connection_reset || bec == asio::error::eof ||
@@ -392,6 +414,8 @@ struct http_server::impl {
       const bool keep_alive = req.keep_alive() && !stopping;
       auto r = co_await handle(req, client_id);
       if (!co_await write_reply(stream, r, keep_alive)) co_return;
+      // An idle keep-alive connection does not keep a large request's read room.
+      if (buffer.capacity() > idle_buffer_bytes) buffer.shrink_to_fit();
     }
   }
 
@@ -438,6 +462,11 @@ struct http_server::impl {
       co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
     }
     if (connections.load() > 0) log::warn("shutdown grace expired", {{"open_connections", connections.load()}});
+    stop_all();
+  }
+
+  void stop_all() {
+    for (auto& c : more_iocs) c->stop();
     ioc.stop();
   }
 };
@@ -447,7 +476,7 @@ http_server::http_server(server_config config, event_store& store)
 
 http_server::~http_server() {
   if (impl_) {
-    impl_->ioc.stop();
+    impl_->stop_all();
     impl_->workers.join();
   }
 }
@@ -507,8 +536,9 @@ result<std::string> http_server::start(bool handle_signals) {
 void http_server::run() {
   auto& p = *impl_;
   std::vector<std::thread> threads;
-  for (unsigned i = 1; i < p.cfg.io_threads; ++i) threads.emplace_back([&p] { p.ioc.run(); });
+  for (auto& c : p.more_iocs) threads.emplace_back([&c] { c->run(); });
   p.ioc.run();
+  p.stop_all();
   for (auto& t : threads) t.join();
   p.workers.join();
 }

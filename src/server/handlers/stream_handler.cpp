@@ -7,7 +7,8 @@
 // tailer (memory for recent events, the store for older ones), so history then live has
 // no gap and no duplicate, and a slow client only lags: it never holds memory beyond its
 // outbox bound, never slows appends or other clients. All coroutines of one WebSocket
-// connection run on the connection's strand; the connection state is shared by them (the
+// connection run on the connection's executor (its network thread's io_context, one
+// thread: a strand); the connection state is shared by them (the
 // reader, the writer and one loop per subscription) and lives until the last one ends.
 #include <algorithm>
 #include <boost/beast/websocket.hpp>
