@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "store/sqlite/sqlite_db.hpp"
 #include "store/sqlite/sqlite_store.hpp"
 #include "bench.hpp"
 #include "core/uuid.hpp"
@@ -31,6 +32,7 @@ constexpr const char* upsert_sql =
 class db {
  public:
   explicit db(const fs::path& path) {
+    sqlite::configure_library();  // the store's process-wide settings
     const int flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     if (sqlite3_open_v2(path.c_str(), &db_, flags, nullptr) != SQLITE_OK) fail("open");
     sqlite3_busy_timeout(db_, 10000);

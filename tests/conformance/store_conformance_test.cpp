@@ -653,6 +653,51 @@ TEST_P(StoreConformance, ReopenKeepsEverythingAndContinuesTheLog) {
   EXPECT_EQ(next.events[0].sequence.value, 3);
 }
 
+// SQLite only: the WAL is checkpointed into the database file by the store's own thread,
+// not inside some append's COMMIT. No append here crosses SQLite's automatic threshold
+// with a checkpoint (the store replaces it); the file grows only if the thread runs.
+TEST(SqliteStore, CheckpointsTheWalInTheBackgroundAndKeepsEverything) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("pliers-ckpt-" + std::to_string(::getpid()) + "-" + new_uuid_v4().substr(0, 8));
+  std::filesystem::create_directories(dir);
+  const auto db = dir / "events.db";
+  const std::string pad(1000, 'x');
+  constexpr int appends = 120, per_append = 200;  // ~30 MB of WAL: past the 16 MiB wake-up
+  {
+    auto store = open_store("sqlite:" + db.string());
+    ASSERT_TRUE(store) << store.error().message;
+    const auto schema_only = std::filesystem::file_size(db);
+    for (int a = 0; a < appends; ++a) {
+      std::vector<new_event> events;
+      for (int i = 0; i < per_append; ++i) {
+        new_event e;
+        e.type = "bulk.added";
+        e.aggregate_type = "bulk";
+        e.metadata = json::object{{"sourceSystem", "tests"}, {"sourceVersion", "1.0"}};
+        e.payload = json::object{{"n", a * per_append + i}, {"pad", pad}};
+        events.push_back(std::move(e));
+      }
+      auto r = (*store)->append(append_request{"bulk-" + std::to_string(a % 7), std::nullopt, std::move(events)});
+      ASSERT_TRUE(r) << r.error().message;
+    }
+    // The checkpoint runs concurrently with appends: wait for it, a bounded time.
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (std::filesystem::file_size(db) < schema_only + (8u << 20) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(20ms);
+    EXPECT_GE(std::filesystem::file_size(db), schema_only + (8u << 20))
+        << "the database file did not grow: the WAL was not checkpointed while the store was open";
+    EXPECT_EQ((*store)->head().value, appends * per_append);
+  }
+  auto reopened = open_store("sqlite:" + db.string());
+  ASSERT_TRUE(reopened) << reopened.error().message;
+  auto all = (*reopened)->read_all(log_position(0), appends * per_append + 10);
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), static_cast<std::size_t>(appends * per_append));
+  for (std::size_t i = 0; i < all->size(); ++i) ASSERT_EQ((*all)[i].payload.at("n").as_int64(), static_cast<std::int64_t>(i));
+  reopened->reset();
+  std::filesystem::remove_all(dir);
+}
+
 // --- Dead-letter queue --------------------------------------------------------------
 
 class DeadLetterConformance : public StoreConformance {

@@ -1,8 +1,16 @@
 #include "store/sqlite/sqlite_db.hpp"
 
+#include <mutex>
+
 namespace pliers::sqlite {
 
+void configure_library() {
+  static std::once_flag once;
+  std::call_once(once, [] { (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+}
+
 result<std::unique_ptr<connection>> connection::open(const std::string& path, bool create, bool read_only) {
+  configure_library();
   sqlite3* db = nullptr;
   int flags = SQLITE_OPEN_NOMUTEX | (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE);
   if (create && !read_only) flags |= SQLITE_OPEN_CREATE;

@@ -76,6 +76,11 @@ class statement {
   bool owned_;
 };
 
+// Process-wide settings, applied once before SQLite's first use (open() calls it; a later
+// call, or one after SQLite was initialised elsewhere, changes nothing). Memory statistics
+// off: with them on, every allocation SQLite makes takes a global mutex.
+void configure_library();
+
 class connection {
  public:
   // Opens (creating if asked) a database file with our pragmas.

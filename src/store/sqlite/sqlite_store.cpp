@@ -30,6 +30,7 @@
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "core/clock.hpp"
 #include "core/event_codec.hpp"
@@ -348,14 +349,86 @@ void pliers_match(sqlite3_context* ctx, int, sqlite3_value** argv) {
   sqlite3_result_int(ctx, 1);
 }
 
-result<std::unique_ptr<connection>> open_connection(const std::string& path, bool writer, bool unsafe_no_fsync) {
+// WAL checkpoints off the commit path. SQLite's own automatic checkpoint runs inside the
+// COMMIT that crosses its threshold: the WAL copied into the database file and two fsyncs,
+// which the append that happened to cross it waits for (with 100-event appends, a sixth
+// of the writer's time went there). Instead every connection's WAL hook wakes this
+// thread, which checkpoints PASSIVE (never waiting for, nor blocking, the writer or a
+// reader) from a connection of its own while appends go on. Should it fall behind, the
+// connection that commits past `hard_pages` checkpoints itself, as SQLite would, so the
+// WAL stays bounded. Lifecycle: start() after the connection is opened; the destructor
+// finishes the checkpoint under way and joins.
+class wal_checkpointer {
+ public:
+  static constexpr int wake_pages = 4096;   // 16 MiB of 4 KiB pages
+  static constexpr int hard_pages = 65536;  // 256 MiB
+
+  wal_checkpointer() = default;
+  wal_checkpointer(const wal_checkpointer&) = delete;
+  wal_checkpointer& operator=(const wal_checkpointer&) = delete;
+  ~wal_checkpointer() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void start(std::unique_ptr<connection> db) {
+    db_ = std::move(db);
+    thread_ = std::thread([this] { run(); });
+  }
+
+  // Installed as every connection's WAL hook (replacing the automatic checkpoint).
+  void watch(connection& c) { sqlite3_wal_hook(c.handle(), &wal_checkpointer::on_commit, this); }
+
+ private:
+  static int on_commit(void* self, sqlite3* db, const char* schema, int pages) {
+    auto& me = *static_cast<wal_checkpointer*>(self);
+    // Before start() (migrations on the opening thread) there is no thread to wake.
+    if (pages >= (me.db_ ? hard_pages : wake_pages)) {
+      sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    } else if (pages >= wake_pages) {
+      {
+        std::lock_guard lock(me.mutex_);
+        me.wanted_ = true;
+      }
+      me.cv_.notify_one();
+    }
+    return SQLITE_OK;
+  }
+
+  void run() {
+    std::unique_lock lock(mutex_);
+    while (true) {
+      cv_.wait(lock, [&] { return wanted_ || stopping_; });
+      if (stopping_) return;
+      wanted_ = false;
+      lock.unlock();
+      // SQLITE_BUSY (another checkpoint under way) is not an error: the next wake retries.
+      sqlite3_wal_checkpoint_v2(db_->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      lock.lock();
+    }
+  }
+
+  std::unique_ptr<connection> db_;  // used only by the thread
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool wanted_ = false;    // GUARDED_BY(mutex_)
+  bool stopping_ = false;  // GUARDED_BY(mutex_)
+  std::thread thread_;
+};
+
+result<std::unique_ptr<connection>> open_connection(const std::string& path, bool writer, bool unsafe_no_fsync,
+                                                    wal_checkpointer* checkpoints = nullptr) {
   auto c = connection::open(path, writer, false);
   if (!c) return std::move(c).error();
   auto& db = **c;
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
-                             "PRAGMA wal_autocheckpoint=8192",
                              "PRAGMA temp_store=MEMORY"})
     if (auto r = db.exec(pragma); !r) return std::move(r).error();
+  if (checkpoints) checkpoints->watch(db);
   if (auto r = db.exec(unsafe_no_fsync ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=FULL"); !r)
     return std::move(r).error();
   if (!writer) {
@@ -484,6 +557,8 @@ struct sqlite_store::impl final : private append_lookup {
 
   std::unique_ptr<group_commit> committer;
   std::function<void()> on_commit;  // the owner's notify_committed
+  // Declared last: destroyed (its thread joined) before the connections above close.
+  wal_checkpointer checkpoints;
 
   impl(std::string p, const clock& c) : path(std::move(p)), clk(c) {}
 
@@ -648,7 +723,7 @@ sqlite_store::~sqlite_store() {
 
 result<std::unique_ptr<sqlite_store>> sqlite_store::open(const std::string& path, const store_options& options) {
   auto p = std::make_unique<impl>(path, options.time_source ? *options.time_source : default_clock());
-  auto w = open_connection(path, true, options.unsafe_no_fsync);
+  auto w = open_connection(path, true, options.unsafe_no_fsync, &p->checkpoints);
   if (!w) return std::move(w).error();
   p->writer = std::move(*w);
   auto& db = *p->writer;
@@ -689,9 +764,14 @@ result<std::unique_ptr<sqlite_store>> sqlite_store::open(const std::string& path
     }
   }
   for (std::size_t i = 0; i < std::max<std::size_t>(options.read_connections, 1); ++i) {
-    auto r = open_connection(path, false, options.unsafe_no_fsync);
+    auto r = open_connection(path, false, options.unsafe_no_fsync, &p->checkpoints);
     if (!r) return std::move(r).error();
     p->idle.push_back(std::move(*r));
+  }
+  {
+    auto r = open_connection(path, false, options.unsafe_no_fsync);
+    if (!r) return std::move(r).error();
+    p->checkpoints.start(std::move(*r));
   }
   auto* raw = p.get();
   p->committer = std::make_unique<group_commit>(
