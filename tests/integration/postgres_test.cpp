@@ -56,6 +56,46 @@ class Postgres : public ::testing::Test {
   std::unique_ptr<postgres_schema> schema_;
 };
 
+// Reads decode rows as they arrive (single-row mode). A query that fails after sending
+// rows, or a row the caller refuses, is an error with no partial result, and the
+// connection answers the next query.
+TEST_F(Postgres, RowByRowReadsFailWholeAndLeaveTheConnectionUsable) {
+  auto raw = pg::connection::open(schema_->url());
+  ASSERT_TRUE(raw) << raw.error().message;
+  auto& db = **raw;
+  std::vector<std::int64_t> seen;
+  auto collect = [&](const pg::query_result& row) -> result<void> {
+    seen.push_back(row.int64(0, 0));
+    return {};
+  };
+  ASSERT_TRUE(db.exec_rows("SELECT g FROM generate_series(1, $1::int) g", {std::string("2500")}, collect));
+  ASSERT_EQ(seen.size(), 2500u);
+  EXPECT_EQ(seen.front(), 1);
+  EXPECT_EQ(seen.back(), 2500);
+
+  // Division by zero at the 2000th row: rows came before it, the call still fails.
+  seen.clear();
+  auto failed = db.exec_rows("SELECT 10 / (2000 - g) FROM generate_series(1, 3000) g", {}, collect);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.error().message.find("division by zero"), std::string::npos) << failed.error().message;
+  EXPECT_EQ(db.last_sqlstate(), "22012");
+
+  // The caller refuses row 7: its error comes back, the other rows are read and dropped.
+  int calls = 0;
+  auto refused = db.exec_rows("SELECT g FROM generate_series(1, 100) g", {}, [&](const pg::query_result& row) -> result<void> {
+    ++calls;
+    if (row.int64(0, 0) == 7) return error::invalid("row", "seven");
+    return {};
+  });
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().message, "seven");
+  EXPECT_EQ(calls, 7);
+
+  auto next = db.exec("SELECT 42");
+  ASSERT_TRUE(next) << next.error().message;
+  EXPECT_EQ(next->int64(0, 0), 42);
+}
+
 TEST_F(Postgres, AHeldAppendTransactionNeverShowsReadersAGap) {
   auto store = open();
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(store->append({"before", std::nullopt, {make("t.before")}}));

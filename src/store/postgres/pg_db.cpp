@@ -62,6 +62,34 @@ result<query_result> connection::exec(const std::string& sql, const params& p) {
   return query_result(r);
 }
 
+result<void> connection::exec_rows(const std::string& sql, const params& p,
+                                   const std::function<result<void>(const query_result& row)>& on_row) {
+  std::vector<const char*> values;
+  values.reserve(p.size());
+  for (const auto& v : p) values.push_back(v ? v->c_str() : nullptr);
+  if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(p.size()), nullptr, values.data(), nullptr, nullptr,
+                        0) != 1)
+    return fail(nullptr, sql.substr(0, 60));
+  (void)PQsetSingleRowMode(conn_);  // refused only if the query was not sent: then no rows come
+  std::optional<error> failed;
+  while (PGresult* r = PQgetResult(conn_)) {
+    const auto st = PQresultStatus(r);
+    if (st == PGRES_SINGLE_TUPLE) {
+      query_result row(r);
+      if (!failed)
+        if (auto ok = on_row(row); !ok) failed = std::move(ok).error();
+    } else if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+      PQclear(r);  // the end of the rows
+    } else {
+      error e = fail(r, sql.substr(0, 60));  // takes r; later rows of a failed query do not come
+      if (!failed) failed = std::move(e);
+    }
+  }
+  if (failed) return std::move(*failed);
+  sqlstate_.clear();
+  return {};
+}
+
 result<void> connection::prepare(const std::string& name, const std::string& sql) {
   PGresult* r = PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr);
   if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) return fail(r, "PREPARE " + name);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -51,6 +52,12 @@ class connection {
   connection& operator=(const connection&) = delete;
 
   result<query_result> exec(const std::string& sql, const params& p = {});
+  // Runs one query in libpq's single-row mode: on_row gets each row (row 0 of its result)
+  // as it arrives, so the caller decodes while the server is still sending. An error from
+  // on_row stops the calls; the rest of the rows is read and dropped, the connection
+  // stays usable, and the error is returned.
+  result<void> exec_rows(const std::string& sql, const params& p,
+                         const std::function<result<void>(const query_result& row)>& on_row);
 
   // Prepares a named statement on this connection (parsed once, executed by name). The
   // names live as long as the connection: a new connection must prepare them again.

@@ -1246,14 +1246,19 @@ log_position postgres_store::head() {
 
 namespace {
 
-result<std::vector<event>> rows_to_events(const pg::query_result& r) {
+// Events of a SELECT of event_columns, decoded row by row as they arrive (single-row mode):
+// decoding the JSON of one page overlaps the server sending the rest of it.
+result<std::vector<event>> select_events(connection& db, const std::string& sql, const pg::params& p,
+                                         std::size_t expected_rows) {
   std::vector<event> out;
-  out.reserve(static_cast<std::size_t>(r.rows()));
-  for (int i = 0; i < r.rows(); ++i) {
-    auto e = row_to_event(r, i);
+  out.reserve(std::min<std::size_t>(expected_rows, 10000));
+  auto ok = db.exec_rows(sql, p, [&](const pg::query_result& row) -> result<void> {
+    auto e = row_to_event(row, 0);
     if (!e) return std::move(e).error();
     out.push_back(std::move(*e));
-  }
+    return {};
+  });
+  if (!ok) return std::move(ok).error();
   return out;
 }
 
@@ -1262,22 +1267,21 @@ result<std::vector<event>> rows_to_events(const pg::query_result& r) {
 result<std::vector<event>> postgres_store::read_aggregate(std::string_view aggregate_id, std::int64_t from_version,
                                                           std::optional<std::int64_t> to_version, std::size_t limit) {
   return impl_->with_reader([&](connection& db) -> result<std::vector<event>> {
-    auto r = db.exec(std::string("SELECT ") + event_columns +
-                         " FROM events WHERE aggregate_id = $1 AND sequence_number >= $2 AND sequence_number <= $3 "
-                         "ORDER BY sequence_number LIMIT $4",
-                     {std::string(aggregate_id), std::to_string(from_version), std::to_string(to_version.value_or(INT64_MAX)),
-                      std::to_string(limit)});
-    if (!r) return std::move(r).error();
-    return rows_to_events(*r);
+    return select_events(db,
+                         std::string("SELECT ") + event_columns +
+                             " FROM events WHERE aggregate_id = $1 AND sequence_number >= $2 AND sequence_number <= $3 "
+                             "ORDER BY sequence_number LIMIT $4",
+                         {std::string(aggregate_id), std::to_string(from_version),
+                          std::to_string(to_version.value_or(INT64_MAX)), std::to_string(limit)},
+                         limit);
   });
 }
 
 result<std::vector<event>> postgres_store::read_all(log_position after, std::size_t limit) {
   return impl_->with_reader([&](connection& db) -> result<std::vector<event>> {
-    auto r = db.exec(std::string("SELECT ") + event_columns + " FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-                     {std::to_string(after.value), std::to_string(limit)});
-    if (!r) return std::move(r).error();
-    return rows_to_events(*r);
+    return select_events(db,
+                         std::string("SELECT ") + event_columns + " FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+                         {std::to_string(after.value), std::to_string(limit)}, limit);
   });
 }
 
@@ -1297,11 +1301,10 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
         auto values = s.values;
         values.emplace_back(std::to_string(page.after.value));
         values.emplace_back(std::to_string(page.limit + 1));
-        auto rows = db.exec(std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
-                                std::to_string(n + 1) + " ORDER BY position LIMIT $" + std::to_string(n + 2),
-                            values);
-        if (!rows) return std::move(rows).error();
-        auto evs = rows_to_events(*rows);
+        auto evs = select_events(db,
+                                 std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
+                                     std::to_string(n + 1) + " ORDER BY position LIMIT $" + std::to_string(n + 2),
+                                 values, page.limit + 1);
         if (!evs) return std::move(evs).error();
         out.events = std::move(*evs);
         if (out.events.size() > page.limit) {
@@ -1315,11 +1318,10 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
         while (true) {
           auto values = s.values;
           values.emplace_back(std::to_string(last));
-          auto rows = db.exec(std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
-                                  std::to_string(n + 1) + " ORDER BY position LIMIT 1000",
-                              values);
-          if (!rows) return std::move(rows).error();
-          auto evs = rows_to_events(*rows);
+          auto evs = select_events(db,
+                                   std::string("SELECT ") + event_columns + " FROM events" + s.where + " AND position > $" +
+                                       std::to_string(n + 1) + " ORDER BY position LIMIT 1000",
+                                   values, 1000);
           if (!evs) return std::move(evs).error();
           for (auto& e : *evs) {
             last = e.position.value;
