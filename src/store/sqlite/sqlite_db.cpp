@@ -54,6 +54,16 @@ result<void> connection::exec(const char* sql) {
   return {};
 }
 
+result<void> connection::run(const char* sql) {
+  auto st = prepare(sql);
+  if (!st) return std::move(st).error();
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) {
+  }
+  if (rc != SQLITE_DONE) return last_error(sql);
+  return {};
+}
+
 error connection::last_error(std::string_view what) const {
   int rc = sqlite3_extended_errcode(db_);
   int primary = rc & 0xff;

@@ -94,6 +94,9 @@ class connection {
   // Only one cursor per distinct SQL text may be live at a time.
   result<statement> prepare(const std::string& sql);
   result<void> exec(const char* sql);
+  // One statement, prepared once and kept in the cache (exec compiles its SQL every
+  // time): for the transaction control of every commit (BEGIN, SAVEPOINT, COMMIT ...).
+  result<void> run(const char* sql);
   // error for the connection's last failure; SQLITE_FULL / IOERR / BUSY map to unavailable.
   error last_error(std::string_view what) const;
 

@@ -54,17 +54,17 @@ class write_transaction {
  public:
   explicit write_transaction(connection& c) : c_(c) {}
   ~write_transaction() {
-    if (open_) (void)c_.exec("ROLLBACK");
+    if (open_) (void)c_.run("ROLLBACK");
   }
   write_transaction(const write_transaction&) = delete;
   write_transaction& operator=(const write_transaction&) = delete;
   result<void> begin() {
-    auto r = c_.exec("BEGIN IMMEDIATE");
+    auto r = c_.run("BEGIN IMMEDIATE");
     open_ = r.has_value();
     return r;
   }
   result<void> commit() {
-    auto r = c_.exec("COMMIT");
+    auto r = c_.run("COMMIT");
     if (r) open_ = false;
     return r;
   }
@@ -79,12 +79,12 @@ class read_transaction {
  public:
   explicit read_transaction(connection& c) : c_(c) {}
   ~read_transaction() {
-    if (open_) (void)c_.exec("COMMIT");
+    if (open_) (void)c_.run("COMMIT");
   }
   read_transaction(const read_transaction&) = delete;
   read_transaction& operator=(const read_transaction&) = delete;
   result<void> begin() {
-    auto r = c_.exec("BEGIN");
+    auto r = c_.run("BEGIN");
     open_ = r.has_value();
     return r;
   }
@@ -652,7 +652,7 @@ struct sqlite_store::impl final : private append_lookup {
       last_time = start_time;
       return std::move(results);
     };
-    if (auto r = writer->exec("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
+    if (auto r = writer->run("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
     last_time = std::max(last_time, clk.now());
     for (auto& p : batch) {
       auto plans = plan_group(std::move(p.requests), *this, next_head, last_time);
@@ -662,7 +662,7 @@ struct sqlite_store::impl final : private append_lookup {
       }
       // A unit is written under its own savepoint: a failure undoes all of it and
       // nothing of its neighbours.
-      if (auto r = writer->exec("SAVEPOINT one_unit"); !r) {
+      if (auto r = writer->run("SAVEPOINT one_unit"); !r) {
         results.emplace_back(r.error());
         continue;
       }
@@ -674,12 +674,12 @@ struct sqlite_store::impl final : private append_lookup {
             break;
           }
       if (failed) {
-        (void)writer->exec("ROLLBACK TO one_unit");
-        (void)writer->exec("RELEASE one_unit");
+        (void)writer->run("ROLLBACK TO one_unit");
+        (void)writer->run("RELEASE one_unit");
         results.emplace_back(*failed);
         continue;
       }
-      (void)writer->exec("RELEASE one_unit");
+      (void)writer->run("RELEASE one_unit");
       std::vector<append_result> unit;
       for (auto& plan : *plans) {
         if (!plan.replay) next_head = plan.events.back().position;
@@ -687,9 +687,9 @@ struct sqlite_store::impl final : private append_lookup {
       }
       results.emplace_back(std::move(unit));
     }
-    if (auto r = writer->exec("COMMIT"); !r) {
+    if (auto r = writer->run("COMMIT"); !r) {
       error e = r.error();
-      (void)writer->exec("ROLLBACK");
+      (void)writer->run("ROLLBACK");
       e.message = "append not stored: " + e.message;
       return fail_all(e);
     }
