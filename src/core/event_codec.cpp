@@ -124,6 +124,13 @@ struct strict_json_handler {
 
 }  // namespace
 
+result<json::object> parse_stored_object(std::string_view text, std::string_view what) {
+  boost::system::error_code ec;
+  auto v = json::parse(json::string_view(text.data(), text.size()), ec);
+  if (ec || !v.is_object()) return error::make(errc::internal, "corrupt " + std::string(what) + " JSON in store");
+  return std::move(v.get_object());
+}
+
 result<json::value> parse_json(std::string_view text, const json_limits& limits) {
   json::parse_options opts;
   opts.max_depth = limits.max_depth;

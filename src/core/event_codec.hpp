@@ -23,6 +23,10 @@ struct json_limits {
 // with `field` = "body".
 result<boost::json::value> parse_json(std::string_view text, const json_limits& limits = {});
 
+// A JSON object a store kept as text (metadata, payload, snapshot data). Not one means the
+// store was damaged: internal, "corrupt <what> JSON in store".
+result<boost::json::object> parse_stored_object(std::string_view text, std::string_view what);
+
 // Stored events.
 void write_event_json(std::string& out, const event& e);  // appends compact JSON
 // A stored event whose metadata and payload are JSON text already (as a store keeps them,

@@ -77,10 +77,10 @@ asio::awaitable<reply> read_events(request_context& ctx, const std::string& aggr
     event_json_page page;
     page.json = st->started ? "," : "{\"events\":[";
     st->started = true;
-    auto r = co_await run_blocking(state.workers, [&] {
+    auto read = co_await run_blocking(state.workers, [&] {
       return state.store.read_aggregate_json(id, st->next, st->to, read_page, page);
     });
-    if (!r) co_return std::move(r).error();
+    if (!read) co_return std::move(read).error();
     if (page.count == 0 && page.json == ",") page.json.clear();
     if (page.count < read_page) {
       page.json += "]}";

@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "core/clock.hpp"
+#include "core/event_codec.hpp"
 #include "core/time_format.hpp"
 #include "core/uuid.hpp"
 #include "store/append_planner.hpp"
@@ -210,13 +211,6 @@ std::string partition_name(timestamp start) {
   return "events_p" + s.substr(0, 4) + s.substr(5, 2) + s.substr(8, 2);
 }
 
-result<json::object> parse_object(std::string_view text) {
-  boost::system::error_code ec;
-  auto v = json::parse(json::string_view(text.data(), text.size()), ec);
-  if (ec || !v.is_object()) return error::make(errc::internal, "corrupt JSON in store");
-  return std::move(v.get_object());
-}
-
 result<event> row_to_event(const pg::query_result& r, int row) {
   event e;
   e.position = log_position(r.int64(row, 0));
@@ -229,9 +223,9 @@ result<event> row_to_event(const pg::query_result& r, int row) {
   e.sequence = sequence_number(r.int64(row, 7));
   if (!r.is_null(row, 8)) e.causation_id = std::string(r.text(row, 8));
   if (!r.is_null(row, 9)) e.correlation_id = std::string(r.text(row, 9));
-  auto md = parse_object(r.text(row, 10));
+  auto md = parse_stored_object(r.text(row, 10), "metadata");
   if (!md) return std::move(md).error();
-  auto pl = parse_object(r.text(row, 11));
+  auto pl = parse_stored_object(r.text(row, 11), "payload");
   if (!pl) return std::move(pl).error();
   e.metadata = std::move(*md);
   e.payload = std::move(*pl);
@@ -1417,7 +1411,7 @@ result<std::optional<snapshot>> postgres_store::get_latest_snapshot(std::string_
     s.aggregate_id = aggregate_id;
     s.sequence_number = r->int64(0, 0);
     s.aggregate_type = r->text(0, 1);
-    auto data = parse_object(r->text(0, 2));
+    auto data = parse_stored_object(r->text(0, 2), "snapshot");
     if (!data) return std::move(data).error();
     s.data = std::move(*data);
     s.created_at = from_micros(r->int64(0, 3));

@@ -216,13 +216,6 @@ constexpr const char* event_columns =
     "position, id, type, version, timestamp, aggregate_id, aggregate_type, sequence_number, causation_id, "
     "correlation_id, metadata, payload";
 
-result<json::object> parse_object(std::string_view text, const char* column) {
-  boost::system::error_code ec;
-  auto v = json::parse(json::string_view(text.data(), text.size()), ec);
-  if (ec || !v.is_object()) return error::make(errc::internal, std::string("corrupt ") + column + " JSON in store");
-  return std::move(v.get_object());
-}
-
 result<event> row_to_event(const statement& st) {
   event e;
   e.position = log_position(st.int64(0));
@@ -235,9 +228,9 @@ result<event> row_to_event(const statement& st) {
   e.sequence = sequence_number(st.int64(7));
   if (!st.is_null(8)) e.causation_id = std::string(st.text(8));
   if (!st.is_null(9)) e.correlation_id = std::string(st.text(9));
-  auto md = parse_object(st.text(10), "metadata");
+  auto md = parse_stored_object(st.text(10), "metadata");
   if (!md) return std::move(md).error();
-  auto pl = parse_object(st.text(11), "payload");
+  auto pl = parse_stored_object(st.text(11), "payload");
   if (!pl) return std::move(pl).error();
   e.metadata = std::move(*md);
   e.payload = std::move(*pl);
@@ -945,7 +938,7 @@ result<std::optional<snapshot>> sqlite_store::get_latest_snapshot(std::string_vi
   s.aggregate_id = aggregate_id;
   s.sequence_number = st->int64(0);
   s.aggregate_type = st->text(1);
-  auto data = parse_object(st->text(2), "snapshot");
+  auto data = parse_stored_object(st->text(2), "snapshot");
   if (!data) return std::move(data).error();
   s.data = std::move(*data);
   s.created_at = from_micros(st->int64(3));
