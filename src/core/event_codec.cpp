@@ -408,31 +408,35 @@ result<new_event> new_event_from_json(json::value& v, const std::string& field) 
     return error::invalid(field + "." + std::string(k).substr(0, 100), "unknown member");
   }
   new_event e;
-  auto type = get_string(*o, "type", field + ".type", true);
-  if (!type) return std::move(type).error();
-  e.type = std::move(*type);
-  auto at = get_string(*o, "aggregateType", field + ".aggregateType", true);
-  if (!at) return std::move(at).error();
-  e.aggregate_type = std::move(*at);
+  // Error paths ("events[12].aggregateType") are built only on failure: an append of 100
+  // events would otherwise build 500 strings nobody reads.
+  auto path = [&](std::string_view key) { return field + "." + std::string(key); };
+  for (auto [key, dst] : {std::pair<std::string_view, std::string*>{"type", &e.type}, {"aggregateType", &e.aggregate_type}}) {
+    const auto* m = o->if_contains(key);
+    if (!m || m->is_null()) return error::invalid(path(key), "required");
+    if (!m->is_string()) return error::invalid(path(key), "must be a string");
+    dst->assign(m->get_string().data(), m->get_string().size());
+  }
   for (auto [key, dst] : {std::pair<std::string_view, std::optional<std::string>*>{"id", &e.id},
                           {"causationId", &e.causation_id},
                           {"correlationId", &e.correlation_id}}) {
-    auto s = get_optional_string(*o, key, field + "." + std::string(key));
-    if (!s) return std::move(s).error();
-    *dst = std::move(*s);
+    const auto* m = o->if_contains(key);
+    if (!m || m->is_null()) continue;
+    if (!m->is_string()) return error::invalid(path(key), "must be a string or null");
+    dst->emplace(m->get_string().data(), m->get_string().size());
   }
   if (const auto* ver = o->if_contains("version"); ver && !ver->is_null()) {
     auto n = as_int64(*ver);
     if (!n || *n < 1 || *n > std::numeric_limits<std::int32_t>::max())
-      return error::invalid(field + ".version", "must be an integer >= 1");
+      return error::invalid(path("version"), "must be an integer >= 1");
     e.version = static_cast<std::int32_t>(*n);
   }
   auto* md = o->if_contains("metadata");
-  if (!md) return error::invalid(field + ".metadata", "required");
-  if (!md->is_object()) return error::invalid(field + ".metadata", "must be an object");
+  if (!md) return error::invalid(path("metadata"), "required");
+  if (!md->is_object()) return error::invalid(path("metadata"), "must be an object");
   auto* pl = o->if_contains("payload");
-  if (!pl) return error::invalid(field + ".payload", "required");
-  if (!pl->is_object()) return error::invalid(field + ".payload", "must be an object");
+  if (!pl) return error::invalid(path("payload"), "required");
+  if (!pl->is_object()) return error::invalid(path("payload"), "must be an object");
   e.metadata = std::move(md->get_object());
   e.payload = std::move(pl->get_object());
   return e;
