@@ -77,6 +77,7 @@ TEST_F(Postgres, RowByRowReadsFailWholeAndLeaveTheConnectionUsable) {
   seen.clear();
   auto failed = db.exec_rows("SELECT 10 / (2000 - g) FROM generate_series(1, 3000) g", {}, collect);
   ASSERT_FALSE(failed);
+  EXPECT_EQ(seen.size(), 1999u) << "the rows before the failing one reach the caller as they arrive";
   EXPECT_NE(failed.error().message.find("division by zero"), std::string::npos) << failed.error().message;
   EXPECT_EQ(db.last_sqlstate(), "22012");
 

@@ -48,10 +48,20 @@ error connection::fail(PGresult* r, std::string_view what) {
   return error::make(code, "postgres " + std::string(what) + ": " + msg);
 }
 
-result<query_result> connection::exec(const std::string& sql, const params& p) {
+namespace {
+
+// libpq's view of text parameters: one C string per value, nullptr for NULL.
+std::vector<const char*> param_values(const params& p) {
   std::vector<const char*> values;
   values.reserve(p.size());
   for (const auto& v : p) values.push_back(v ? v->c_str() : nullptr);
+  return values;
+}
+
+}  // namespace
+
+result<query_result> connection::exec(const std::string& sql, const params& p) {
+  const auto values = param_values(p);
   // Without parameters, PQexec (which also runs several ;-separated commands).
   PGresult* r = p.empty() ? PQexec(conn_, sql.c_str())
                           : PQexecParams(conn_, sql.c_str(), static_cast<int>(p.size()), nullptr, values.data(),
@@ -64,9 +74,7 @@ result<query_result> connection::exec(const std::string& sql, const params& p) {
 
 result<void> connection::exec_rows(const std::string& sql, const params& p,
                                    const std::function<result<void>(const query_result& row)>& on_row) {
-  std::vector<const char*> values;
-  values.reserve(p.size());
-  for (const auto& v : p) values.push_back(v ? v->c_str() : nullptr);
+  const auto values = param_values(p);
   if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(p.size()), nullptr, values.data(), nullptr, nullptr,
                         0) != 1)
     return fail(nullptr, sql.substr(0, 60));
