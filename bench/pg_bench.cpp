@@ -729,8 +729,8 @@ row http_scenario(const config& cfg, pg_conn& admin, const http_run& run) {
 
 // --- the store's append transaction, replayed -----------------------------------------------
 
-// The statements postgres_store's writer sends for a batch (copied from
-// src/store/postgres/postgres_store.cpp; keep in sync), prepared, in libpq pipeline mode,
+// The statements postgres_store's writer sends for a batch (postgres_append_sql()),
+// prepared, in libpq pipeline mode,
 // with parameters built before the clock: what the append costs in PostgreSQL and on the
 // wire, without the store's work in the process (queueing, planning, serialization).
 //   known = true:  the writer knows the aggregates' versions (it committed to them last):
@@ -739,37 +739,6 @@ row http_scenario(const config& cfg, pg_conn& admin, const http_run& run) {
 //   known = false: round 1 BEGIN + reserve + lock, round 2 write + COMMIT (an aggregate
 //                  the writer does not know, e.g. one another process appended to).
 // A batch is `aggregates` appends of `per_append` events each, one per aggregate.
-const char* const store_sql_reserve =
-    "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
-    "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
-const char* const store_sql_lock =
-    "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
-    "ORDER BY aggregate_id FOR UPDATE";
-const char* const store_sql_lock_expecting =
-    "WITH a AS MATERIALIZED (SELECT aggregate_id, aggregate_type, version FROM aggregates "
-    "WHERE aggregate_id = ANY($1::text[]) ORDER BY aggregate_id FOR UPDATE) "
-    "SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'pliers: aggregates moved on' END)::int "
-    "FROM a JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS x(id, type, version) "
-    "ON a.aggregate_id = x.id AND a.aggregate_type = x.type AND a.version = x.version";
-const char* const store_sql_write =
-    "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
-    "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
-    "x AS (SELECT * FROM ROWS FROM (unnest($3::uuid[]), unnest($4::text[]), unnest($5::int[]), unnest($6::text[]), "
-    "unnest($7::text[]), unnest($8::bigint[]), unnest($9::uuid[]), unnest($10::uuid[]), "
-    "jsonb_array_elements($11::jsonb), jsonb_array_elements($12::jsonb)) WITH ORDINALITY AS x(id, type, version, "
-    "aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload, n)), "
-    "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
-    "sequence_number, causation_id, correlation_id, metadata, payload) SELECT h.base + x.n, x.id, x.type, "
-    "x.version, h.ts, x.aggregate_id, x.aggregate_type, x.seq, x.causation_id, x.correlation_id, x.metadata, "
-    "x.payload FROM h, x), "
-    "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) "
-    "SELECT x.id, x.aggregate_id, x.seq, h.base + x.n, h.ts FROM h, x), "
-    "a AS (UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
-    "first_timestamp = COALESCE(a.first_timestamp, h.ts), last_timestamp = h.ts FROM h, ("
-    "SELECT aggregate_id, max(seq) AS version, count(*) AS n, min(aggregate_type) AS t FROM x GROUP BY "
-    "aggregate_id) v WHERE a.aggregate_id = v.aggregate_id) "
-    "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h";
-
 row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape, int txns, int aggregates,
                      int per_append, bool known, const std::string& key, const std::string& label) {
   bench_schema schema(cfg, admin);
@@ -807,10 +776,15 @@ row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape
           "', 0 FROM unnest('" + aggs_param + "'::text[]) a");
   db.prepare("begin", "BEGIN");
   db.prepare("commit", "COMMIT");
-  db.prepare("reserve", store_sql_reserve);
-  db.prepare("lock", store_sql_lock);
-  db.prepare("lock_expecting", store_sql_lock_expecting);
-  db.prepare("write", store_sql_write);
+  const auto& sql = postgres_append_sql();
+  db.prepare("reserve", sql.reserve);
+  db.prepare("lock", sql.lock);
+  db.prepare("lock_expecting", sql.lock_expecting);
+  db.prepare("write", sql.write);
+  // Generated ids, as the store makes them: the schema's tag, one writer.
+  const std::string tag = db.value("SELECT value FROM pliers_settings WHERE key = 'id_tag'");
+  const std::string id_prefix = uuid_v8_positional_prefix(std::stoull(tag, nullptr, 16));
+  const std::string writer = new_uuid_v4();
   struct txn {
     std::vector<std::string> lock, write;
   };
@@ -830,7 +804,7 @@ row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape
         if (n++) {
           for (auto* s : {&ids, &types, &versions, &agg_ids, &agg_types, &seqs, &causes, &corrs, &mds, &pls}) *s += ',';
         }
-        element(ids, new_uuid_v7());
+        ids += "NULL";  // generated from the position
         element(types, shape.type);
         versions += "1";
         element(agg_ids, agg);
@@ -844,7 +818,7 @@ row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape
     for (auto* s : {&ids, &types, &versions, &agg_ids, &agg_types, &seqs, &causes, &corrs}) *s += '}';
     mds += ']', pls += ']';
     w.write = {std::to_string(per_txn), format_rfc3339(base + std::chrono::milliseconds(t)), ids, types, versions,
-               agg_ids, agg_types, seqs, causes, corrs, mds, pls};
+               agg_ids, agg_types, seqs, causes, corrs, mds, pls, id_prefix, writer, std::to_string(t + 1)};
     work.push_back(std::move(w));
   }
   PGconn* c = db.handle();
@@ -919,7 +893,7 @@ row replay_store_txn(const config& cfg, pg_conn& admin, const event_shape& shape
   PQexitPipelineMode(c);
   record(r, admin, before);
   if (std::stoll(db.value("SELECT count(*) FROM events")) != expected_base ||
-      std::stoll(db.value("SELECT count(*) FROM event_ids")) != expected_base ||
+      std::stoll(db.value("SELECT count(*) FROM event_ids")) != 0 ||
       std::stoll(db.value("SELECT position FROM log_head")) != expected_base)
     throw failure(key + ": rows missing");
   r.events = static_cast<std::int64_t>(txns) * per_txn;

@@ -71,6 +71,42 @@ std::string uuid_v8_ordered(std::int64_t order, std::string_view name) {
   return format_uuid(hi, lo);
 }
 
+namespace {
+
+constexpr std::uint64_t position_mask = (std::uint64_t{1} << 62) - 1;
+
+std::uint64_t positional_hi(std::uint64_t tag) {
+  return ((tag >> 12) & 0xFFFFFFFFFFFFULL) << 16 | 0x8000 | (tag & 0x0FFF);  // 48 bits, version 8, 12 bits
+}
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::string uuid_v8_positional(std::uint64_t tag, std::int64_t position) {
+  const std::uint64_t lo = (std::uint64_t{0x8} << 60) | (static_cast<std::uint64_t>(position) & position_mask);
+  return format_uuid(positional_hi(tag), lo);
+}
+
+std::string uuid_v8_positional_prefix(std::uint64_t tag) { return format_uuid(positional_hi(tag), 0).substr(0, 19); }
+
+std::int64_t uuid_v8_position(std::string_view id, std::uint64_t tag) noexcept {
+  if (!is_uuid(id)) return -1;
+  std::uint64_t hi = 0, lo = 0;
+  for (std::size_t i = 0, n = 0; i < id.size(); ++i) {
+    if (id[i] == '-') continue;
+    auto& half = n++ < 16 ? hi : lo;
+    half = (half << 4) | static_cast<std::uint64_t>(hex_value(id[i]));
+  }
+  if (hi != positional_hi(tag) || (lo >> 62) != 0x2) return -1;
+  return static_cast<std::int64_t>(lo & position_mask);
+}
+
 std::string new_uuid_v7() {
   thread_local std::mt19937_64 gen{[] {
     std::random_device rd;

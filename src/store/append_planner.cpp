@@ -33,7 +33,8 @@ std::optional<append_result> as_replay(const append_request& req, append_lookup&
 }  // namespace
 
 template <class Request>
-result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position head, timestamp now) {
+result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position head, timestamp now,
+                              bool generate_ids) {
   append_plan plan;
   // Idempotency and duplicate ids come first: a retry must succeed even though the
   // aggregate's version has moved past its expectedVersion.
@@ -93,7 +94,8 @@ result<append_plan> plan_impl(Request&& req, append_lookup& lookup, log_position
   };
   for (auto& ne : req.events) {
     event e;
-    e.id = ne.id ? std::string(take(*ne.id)) : new_uuid_v7();
+    if (ne.id) e.id = take(*ne.id);
+    else if (generate_ids) e.id = new_uuid_v7();
     e.type = take(ne.type);
     e.version = ne.version;
     e.time = now;
@@ -119,7 +121,8 @@ class overlay_lookup final : public append_lookup {
  public:
   explicit overlay_lookup(append_lookup& base) : base_(base) {}
   void add(const append_plan& plan) {
-    for (const auto& e : plan.events) events_[e.id] = {e.aggregate_id, e.sequence, e.position, e.time};
+    for (const auto& e : plan.events)
+      if (!e.id.empty()) events_[e.id] = {e.aggregate_id, e.sequence, e.position, e.time};
     if (!plan.events.empty()) aggregates_[plan.events.back().aggregate_id] = {plan.aggregate_type, plan.result.version};
   }
   std::optional<stored_event> find_event(std::string_view id) override {
@@ -139,20 +142,20 @@ class overlay_lookup final : public append_lookup {
 
 template <class Requests>
 result<std::vector<append_plan>> plan_group_impl(Requests&& requests, append_lookup& lookup, log_position head,
-                                                 timestamp now) {
+                                                 timestamp now, bool generate_ids) {
   std::vector<append_plan> plans;
   plans.reserve(requests.size());
   if (requests.size() == 1) {
-    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests.front()), lookup, head, now)
-                                                       : plan_append(std::as_const(requests.front()), lookup, head, now);
+    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests.front()), lookup, head, now, generate_ids)
+                                                       : plan_append(std::as_const(requests.front()), lookup, head, now, generate_ids);
     if (!plan) return std::move(plan).error();
     plans.push_back(std::move(*plan));
     return plans;
   }
   overlay_lookup overlay(lookup);
   for (std::size_t i = 0; i < requests.size(); ++i) {
-    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests[i]), overlay, head, now)
-                                                       : plan_append(std::as_const(requests[i]), overlay, head, now);
+    auto plan = std::is_rvalue_reference_v<Requests&&> ? plan_append(std::move(requests[i]), overlay, head, now, generate_ids)
+                                                       : plan_append(std::as_const(requests[i]), overlay, head, now, generate_ids);
     if (!plan) {
       error e = std::move(plan).error();
       e.field = "appends[" + std::to_string(i) + "]" + (e.field.empty() ? "" : "." + e.field);
@@ -170,21 +173,23 @@ result<std::vector<append_plan>> plan_group_impl(Requests&& requests, append_loo
 }  // namespace
 
 result<std::vector<append_plan>> plan_group(const std::vector<append_request>& requests, append_lookup& lookup,
-                                            log_position head, timestamp now) {
-  return plan_group_impl(requests, lookup, head, now);
+                                            log_position head, timestamp now, bool generate_ids) {
+  return plan_group_impl(requests, lookup, head, now, generate_ids);
 }
 
 result<std::vector<append_plan>> plan_group(std::vector<append_request>&& requests, append_lookup& lookup,
-                                            log_position head, timestamp now) {
-  return plan_group_impl(std::move(requests), lookup, head, now);
+                                            log_position head, timestamp now, bool generate_ids) {
+  return plan_group_impl(std::move(requests), lookup, head, now, generate_ids);
 }
 
-result<append_plan> plan_append(const append_request& req, append_lookup& lookup, log_position head, timestamp now) {
-  return plan_impl(req, lookup, head, now);
+result<append_plan> plan_append(const append_request& req, append_lookup& lookup, log_position head, timestamp now,
+                                bool generate_ids) {
+  return plan_impl(req, lookup, head, now, generate_ids);
 }
 
-result<append_plan> plan_append(append_request&& req, append_lookup& lookup, log_position head, timestamp now) {
-  return plan_impl(std::move(req), lookup, head, now);
+result<append_plan> plan_append(append_request&& req, append_lookup& lookup, log_position head, timestamp now,
+                                bool generate_ids) {
+  return plan_impl(std::move(req), lookup, head, now, generate_ids);
 }
 
 }  // namespace pliers

@@ -43,18 +43,21 @@ struct append_plan {
 };
 
 // `head` is the last position used; `now` the commit time (already made monotonic).
-// The const form copies the events and leaves the request intact, so a backend may plan it
+// Events without an id get a new version 7 UUID, unless `generate_ids` is false: then the
+// id is left empty for the backend to fill in once the position is stored (PostgreSQL,
+// docs/adr/0007). The const form copies the events and leaves the request intact, so a backend may plan it
 // again after a failed transaction; the rvalue form moves the events out.
 result<append_plan> plan_append(const append_request& request, append_lookup& lookup, log_position head,
-                                timestamp now);
-result<append_plan> plan_append(append_request&& request, append_lookup& lookup, log_position head, timestamp now);
+                                timestamp now, bool generate_ids = true);
+result<append_plan> plan_append(append_request&& request, append_lookup& lookup, log_position head, timestamp now,
+                                bool generate_ids = true);
 
 // Plans several appends that commit together or not at all (publishBatch): each sees the
 // ones before it; the first failure fails the group, its field prefixed "appends[i]." when
 // the group has more than one append. Positions follow each other from `head`.
 result<std::vector<append_plan>> plan_group(const std::vector<append_request>& requests, append_lookup& lookup,
-                                            log_position head, timestamp now);
+                                            log_position head, timestamp now, bool generate_ids = true);
 result<std::vector<append_plan>> plan_group(std::vector<append_request>&& requests, append_lookup& lookup,
-                                            log_position head, timestamp now);
+                                            log_position head, timestamp now, bool generate_ids = true);
 
 }  // namespace pliers

@@ -1,6 +1,7 @@
 // PostgreSQL-specific guarantees (issue 3): positions under a held transaction, several
 // server processes on one database, a writer whose known aggregate versions went stale,
-// the answer to a commit lost on the way back, partition rollover.
+// generated ids that name their position, the answer to a commit lost on the way back,
+// partition rollover.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -246,12 +247,111 @@ TEST_F(Postgres, AWriterWhoseKnownVersionsWentStalePlansAgain) {
   EXPECT_EQ(meta->event_count, 6);
 }
 
+// Generated ids name their position under the database's tag (docs/adr/0007): they are
+// found by position, retried like any id, and never get an event_ids row; ids callers
+// choose do. A chosen id of the generated form must name a stored event: one that names
+// a future position (or a position whose event has another id) is refused, since the
+// store could hand it out later.
+TEST_F(Postgres, GeneratedIdsNameTheirPositionAndOnlyChosenIdsAreIndexed) {
+  auto store = open();
+  auto sql = pg::connection::open(schema_->url());
+  ASSERT_TRUE(sql) << sql.error().message;
+  auto count = [&](const std::string& query) {
+    auto r = (*sql)->exec(query);
+    EXPECT_TRUE(r) << query;
+    return r ? r->int64(0, 0) : -1;
+  };
+  auto tag_row = (*sql)->exec("SELECT value FROM pliers_settings WHERE key = 'id_tag'");
+  ASSERT_TRUE(tag_row);
+  ASSERT_EQ(tag_row->rows(), 1);
+  const auto tag = std::stoull(std::string(tag_row->text(0, 0)), nullptr, 16);
+
+  auto generated = store->append({"gen", std::nullopt, {make("t.a"), make("t.b"), make("t.c")}});
+  ASSERT_TRUE(generated) << generated.error().message;
+  auto chosen_event = make("t.chosen");
+  const std::string chosen = new_uuid_v4();
+  chosen_event.id = chosen;
+  auto with_chosen = store->append_group({{"gen", std::nullopt, {make("t.d")}}, {"other", std::nullopt, {chosen_event}}});
+  ASSERT_TRUE(with_chosen) << with_chosen.error().message;
+  const auto chosen_position = with_chosen->at(1).events.at(0).position.value;
+
+  for (const auto& e : generated->events) {
+    EXPECT_EQ(uuid_v8_position(e.id, tag), e.position.value) << e.id;
+    auto stored = store->get_event(e.id);
+    ASSERT_TRUE(stored) << stored.error().message;
+    EXPECT_EQ(stored->position, e.position);
+    EXPECT_EQ(stored->id, e.id);
+  }
+  auto log = store->read_all(log_position(0), 100);
+  ASSERT_TRUE(log);
+  ASSERT_EQ(log->size(), 5u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ((*log)[i].id, generated->events[i].id);
+  EXPECT_EQ((*log)[3].id, with_chosen->at(0).events.at(0).id);
+  EXPECT_EQ((*log)[4].id, chosen);
+  EXPECT_EQ(store->get_event(chosen)->position.value, chosen_position);
+  EXPECT_EQ(count("SELECT count(*) FROM event_ids"), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM event_ids WHERE id = '" + chosen + "'"), 1);
+
+  // A retry with the ids the first answer carried: the original outcome, nothing written.
+  std::vector<new_event> retried;
+  for (const auto& e : generated->events) {
+    retried.push_back(make("t.retry"));
+    retried.back().id = e.id;
+  }
+  for (int i = 0; i < 2; ++i) {  // the second time the writer knows the aggregate
+    auto again = store->append({"gen", 0, retried});
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_TRUE(again->idempotent_replay);
+    ASSERT_EQ(again->events.size(), 3u);
+    for (std::size_t k = 0; k < 3; ++k) EXPECT_EQ(again->events[k].position, generated->events[k].position);
+  }
+  // One of them first in another append: a conflict, as for any stored id.
+  auto reused = store->append({"gen", std::nullopt, {make("t.new"), retried[1]}});
+  ASSERT_FALSE(reused);
+  EXPECT_EQ(reused.error().code, errc::conflict);
+
+  // Generated-form ids that name no stored event: a future position, and the position of
+  // the event with a chosen id. Refused with the field, and nothing else of the group written.
+  for (const auto position : {std::int64_t{6}, std::int64_t{1000}, chosen_position}) {
+    auto forged = make("t.forged");
+    forged.id = uuid_v8_positional(tag, position);
+    auto refused = store->append({"forged", std::nullopt, {forged}});
+    ASSERT_FALSE(refused) << position;
+    EXPECT_EQ(refused.error().code, errc::invalid_argument) << refused.error().message;
+    EXPECT_EQ(refused.error().field, "events[0].id");
+    EXPECT_NE(refused.error().message.find("position " + std::to_string(position)), std::string::npos)
+        << refused.error().message;
+    auto in_group = store->append_group({{"fine", std::nullopt, {make("t.fine")}}, {"forged", std::nullopt, {forged}}});
+    ASSERT_FALSE(in_group);
+    EXPECT_EQ(in_group.error().field, "appends[1].events[0].id");
+  }
+  // Another database's generated id is just a chosen id here.
+  auto foreign = make("t.foreign");
+  foreign.id = uuid_v8_positional(tag ^ 1, 7);
+  auto taken = store->append({"foreign", std::nullopt, {foreign}});
+  ASSERT_TRUE(taken) << taken.error().message;
+  EXPECT_EQ(taken->events.at(0).id, *foreign.id);
+  auto after = store->read_all(log_position(0), 100);
+  ASSERT_TRUE(after);
+  ASSERT_EQ(after->size(), 6u);
+  for (std::size_t i = 0; i < after->size(); ++i) EXPECT_EQ((*after)[i].position.value, static_cast<std::int64_t>(i + 1));
+  EXPECT_EQ(count("SELECT count(*) FROM event_ids"), 2);
+  // A generated id that is not stored is not found (and not confused with another event).
+  EXPECT_EQ(store->get_event(uuid_v8_positional(tag, chosen_position)).error().code, errc::not_found);
+  EXPECT_EQ(store->get_event(uuid_v8_positional(tag, 999)).error().code, errc::not_found);
+}
+
 // A TCP proxy between the store and PostgreSQL that loses what one write round says. Armed,
 // it picks the first connection that sends the store's prepared write statement (the name
 // "pliers_write" in a Bind message). From then on that connection forwards nothing more
-// from the server; with `drop_request`, not even the round carrying the write. 300 ms
-// later it closes the connection. Without drop_request the server has committed and the
-// store never hears of it; with it, the server never saw the write.
+// from the server, and:
+// - answer (default): 300 ms later it closes the connection. The server has committed and
+//   the store never hears of it.
+// - drop_request: not even the round carrying the write is forwarded. The server never saw it.
+// - late_request: the store's side is closed at once, and the round carrying the write
+//   reaches the server only a second later, then the server's side is closed. Meanwhile
+//   the server process still holds the batch's locks and will commit it when the round
+//   arrives, unless the store ends that process before asking what became of the batch.
 class lossy_proxy {
  public:
   explicit lossy_proxy(int target_port) : target_port_(target_port) {
@@ -278,8 +378,10 @@ class lossy_proxy {
     ::close(listener_);
   }
   int port() const { return port_; }
-  void arm(bool drop_request) {
-    drop_request_ = drop_request;
+  enum class loss { answer, drop_request, late_request };
+  void arm(loss how) {
+    drop_request_ = how == loss::drop_request;
+    late_request_ = how == loss::late_request;
     fired_ = false;
     armed_ = true;
   }
@@ -319,18 +421,28 @@ class lossy_proxy {
       if (armed_ && !*victim && seen.find("pliers_write") != std::string::npos && armed_.exchange(false)) {
         *victim = true;
         fired_ = true;
-        drop = drop_request_;
-        std::thread([from, to] {
-          std::this_thread::sleep_for(300ms);
+        drop = drop_request_ || late_request_;
+        if (late_request_) {
           ::shutdown(from, SHUT_RDWR);
-          ::shutdown(to, SHUT_RDWR);
-        }).detach();
+          std::thread([to, held = std::string(buf, static_cast<std::size_t>(n))] {
+            std::this_thread::sleep_for(1s);
+            (void)::send(to, held.data(), held.size(), MSG_NOSIGNAL);
+            std::this_thread::sleep_for(300ms);
+            ::shutdown(to, SHUT_RDWR);
+          }).detach();
+        } else {
+          std::thread([from, to] {
+            std::this_thread::sleep_for(300ms);
+            ::shutdown(from, SHUT_RDWR);
+            ::shutdown(to, SHUT_RDWR);
+          }).detach();
+        }
       }
       tail = seen.substr(seen.size() > 16 ? seen.size() - 16 : 0);
-      if (drop || (*victim && drop_request_)) continue;
+      if (drop || (*victim && (drop_request_ || late_request_))) continue;
       if (::send(to, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
     }
-    ::shutdown(to, SHUT_WR);
+    if (!(*victim && late_request_)) ::shutdown(to, SHUT_WR);  // a late round is still to come
   }
   void pump_answers(int from, int to, std::shared_ptr<std::atomic<bool>> victim) {
     char buf[65536];
@@ -346,17 +458,21 @@ class lossy_proxy {
   int target_port_;
   int listener_ = -1;
   int port_ = 0;
-  std::atomic<bool> stopping_{false}, armed_{false}, drop_request_{false}, fired_{false};
+  std::atomic<bool> stopping_{false}, armed_{false}, drop_request_{false}, late_request_{false}, fired_{false};
   std::mutex m_;
   std::vector<int> sockets_;  // GUARDED_BY(m_)
   std::vector<std::thread> threads_;
 };
 
 // The connection breaks while a batch's commit is on its way. The writer cannot know
-// whether it committed: it asks on a new connection (by the batch's first new event id),
-// and answers with the stored positions when it did, or writes the batch again when it did
-// not. Either way each event is stored once, where the append says. Both ways of writing
-// are covered: one round trip (an aggregate the writer knows) and two (one it does not).
+// whether it committed: on a new connection it ends the old server process (which may
+// still be at work on the batch), then reads its own record of the batch in
+// pliers_writers, and answers with the stored positions when it committed, or writes the
+// batch again when it did not. Either way each event is stored once, where the append
+// says. Both ways of writing are covered: one round trip (an aggregate the writer knows)
+// and two (one it does not). With a late request, a writer that asked without ending the
+// old process would find no record, write again, and the old process would then commit
+// the batch a second time.
 TEST_F(Postgres, ACommitWhoseAnswerIsLostIsNeitherLostNorWrittenTwice) {
   auto base = postgres_url();
   const auto at = base->rfind(':');
@@ -368,14 +484,17 @@ TEST_F(Postgres, ACommitWhoseAnswerIsLostIsNeitherLostNorWrittenTwice) {
   ASSERT_TRUE(opened) << opened.error().message;
   auto& store = **opened;
   ASSERT_TRUE(store.append({"known", std::nullopt, {make("t.first")}}));
+  using loss = lossy_proxy::loss;
   struct step {
     std::string aggregate;
-    bool drop_request;
+    loss how;
   };
-  const std::vector<step> steps = {{"known", false}, {"new-1", false}, {"known", true}, {"new-2", true}};
+  const std::vector<step> steps = {{"known", loss::answer},       {"new-1", loss::answer},
+                                   {"known", loss::drop_request}, {"new-2", loss::drop_request},
+                                   {"known", loss::late_request}, {"new-3", loss::late_request}};
   std::vector<append_result> acknowledged;
   for (const auto& s : steps) {
-    proxy.arm(s.drop_request);
+    proxy.arm(s.how);
     auto r = store.append({s.aggregate, std::nullopt, {make("t.lossy"), make("t.lossy")}});
     ASSERT_TRUE(r) << s.aggregate << ": " << r.error().message;
     EXPECT_TRUE(proxy.fired()) << s.aggregate << ": the write round was not interrupted";
@@ -394,7 +513,12 @@ TEST_F(Postgres, ACommitWhoseAnswerIsLostIsNeitherLostNorWrittenTwice) {
       EXPECT_EQ(stored.sequence, e.sequence);
       EXPECT_EQ(stored.time, e.time);
     }
-  EXPECT_EQ(store.get_aggregate_metadata("known")->version, 6);
+  EXPECT_EQ(store.get_aggregate_metadata("known")->version, 8);
+  // Both late rounds were written once, by the retry: the held rounds came too late.
+  std::this_thread::sleep_for(1500ms);
+  auto after = store.read_all(log_position(0), 100);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->size(), log->size());
 }
 
 TEST_F(Postgres, TwoServersFireEachScheduledEventOnce) {

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cstdint>
 #include <set>
 #include <vector>
@@ -76,6 +77,31 @@ TEST(Uuid, NameBasedIdsAreStable) {
   EXPECT_EQ(uuid_v5("pliers/plugin/x/y/0"), "876a8775-29c6-5c12-98d8-f934dd26485f");
   EXPECT_EQ(uuid_v8_ordered(12345, "pliers/plugin.executed/p/t"), "00000000-3039-8c81-94bf-fcb3568a139e");
   EXPECT_EQ(uuid_v5("pliers/plugin/x/y/0"), uuid_v5("pliers/plugin/x/y/0"));  // the context is reused
+}
+
+// The PostgreSQL store's generated ids: the position can be read back, only under the
+// store's own tag, and the SQL that builds them (prefix || hex of position | 2^63) agrees.
+TEST(Uuid, PositionalIdsCarryTheirPositionUnderTheirTag) {
+  constexpr std::uint64_t tag = 0x0123456789abcdeULL;
+  EXPECT_EQ(uuid_v8_positional(tag, 1), "01234567-89ab-8cde-8000-000000000001");
+  EXPECT_EQ(uuid_v8_positional_prefix(tag), "01234567-89ab-8cde-");
+  const std::int64_t big = (std::int64_t{1} << 62) - 1;
+  EXPECT_EQ(uuid_v8_positional(tag, big), "01234567-89ab-8cde-bfff-ffffffffffff");
+  for (std::int64_t p : {std::int64_t{0}, std::int64_t{1}, std::int64_t{4096}, std::int64_t{123456789012}, big}) {
+    const auto id = uuid_v8_positional(tag, p);
+    EXPECT_TRUE(is_uuid(id));
+    EXPECT_EQ(id.substr(0, 19), uuid_v8_positional_prefix(tag));
+    EXPECT_EQ(uuid_v8_position(id, tag), p) << id;
+    std::string upper = id;
+    for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    EXPECT_EQ(uuid_v8_position(upper, tag), p) << upper;
+    EXPECT_EQ(uuid_v8_position(id, tag ^ 1), -1) << "another store's id";
+  }
+  EXPECT_EQ(uuid_v8_position("01234567-89ab-8cde-c000-000000000001", tag), -1) << "not the RFC variant";
+  EXPECT_EQ(uuid_v8_position("01234567-89ab-7cde-8000-000000000001", tag), -1) << "version 7";
+  EXPECT_EQ(uuid_v8_position(new_uuid_v7(), tag), -1);
+  EXPECT_EQ(uuid_v8_position("not a uuid", tag), -1);
+  EXPECT_EQ(uuid_v8_position("", tag), -1);
 }
 
 }  // namespace pliers

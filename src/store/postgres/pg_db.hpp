@@ -90,6 +90,8 @@ class connection {
   bool idle() const {
     return !broken() && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF && PQtransactionStatus(conn_) == PQTRANS_IDLE;
   }
+  // The server process of this connection (kept after the connection broke).
+  int backend_pid() const { return PQbackendPID(conn_); }
   // SQLSTATE of the last failed command ("" when none).
   const std::string& last_sqlstate() const { return sqlstate_; }
 

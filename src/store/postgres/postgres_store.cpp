@@ -1,6 +1,7 @@
 #include "store/postgres/postgres_store.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <map>
@@ -180,6 +181,24 @@ CREATE TABLE compacted_ranges (
 );
 )sql";
 
+// Generated event ids name their position (docs/adr/0007): `id_tag` is the database's
+// part of every such id, so event_ids holds only the ids callers chose. Each writer (one
+// per process) records its last committed batch in `pliers_writers`: after a connection
+// broke during a commit, that row says whether the batch committed and where.
+std::string migration_6() {
+  const auto random = new_uuid_v4();  // 15 random hex digits: skip the dashes and the version digit
+  const auto tag = random.substr(0, 8) + random.substr(9, 4) + random.substr(15, 3);
+  return R"sql(
+CREATE TABLE pliers_writers (
+  writer UUID PRIMARY KEY,
+  batch BIGINT NOT NULL,             -- the writer's last committed batch
+  base BIGINT NOT NULL,              -- its first position minus one
+  timestamp TIMESTAMPTZ NOT NULL     -- its commit time
+);
+INSERT INTO pliers_settings VALUES ('id_tag', ')sql" +
+         tag + "');\n";
+}
+
 constexpr const char* scheduled_columns =
     "id, (EXTRACT(EPOCH FROM publish_at) * 1000000)::bigint, request, status, "
     "(EXTRACT(EPOCH FROM created_at) * 1000000)::bigint, position, last_error, attempts";
@@ -335,6 +354,62 @@ sql_query build_query(const event_query& q) {
   return s;
 }
 
+// The statements of the append transaction, prepared once per writer connection.
+constexpr const char* sql_reserve =
+    "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
+    "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
+constexpr const char* sql_lock =
+    "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
+    "ORDER BY aggregate_id FOR UPDATE";
+// The same locks, checked against the versions the writer expects ($2 types, $3
+// versions, $4 how many): fails (22P02) unless every aggregate is at its expected
+// version, which aborts the transaction and makes the server skip the rest of the round.
+constexpr const char* sql_lock_expecting =
+    "WITH a AS MATERIALIZED (SELECT aggregate_id, aggregate_type, version FROM aggregates "
+    "WHERE aggregate_id = ANY($1::text[]) ORDER BY aggregate_id FOR UPDATE) "
+    "SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'pliers: aggregates moved on' END)::int "
+    "FROM a JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS x(id, type, version) "
+    "ON a.aggregate_id = x.id AND a.aggregate_type = x.type AND a.version = x.version";
+// The stored events among the ids callers chose ($1): chosen ids are in event_ids; an id
+// of the form this store generates names its position ($2, decoded), in the live log or
+// the archive.
+constexpr const char* sql_known_ids =
+    "SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
+    "FROM event_ids WHERE id = ANY($1::uuid[]) UNION ALL "
+    "SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
+    "FROM events WHERE position = ANY($2::bigint[]) AND id = ANY($1::uuid[]) UNION ALL "
+    "SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
+    "FROM event_archive WHERE position = ANY($2::bigint[]) AND id = ANY($1::uuid[])";
+// Positions from the counter, the events from arrays (metadata and payloads as JSON
+// arrays: one parse each, no array escaping), the aggregates' versions and counts, the
+// writer's record of the batch: one statement. x is numbered in the order of the planned
+// positions, so base + n is the event's position. An event without a chosen id ($3 NULL)
+// gets the id of its position ($13 || hex(position | 2^63), core/uuid.hpp
+// uuid_v8_positional); only chosen ids go to event_ids. Several appends of a batch may
+// touch one aggregate: its highest sequence number is its version, the counts add up.
+constexpr const char* sql_write =
+    "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
+    "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
+    "x AS (SELECT * FROM ROWS FROM (unnest($3::uuid[]), unnest($4::text[]), unnest($5::int[]), "
+    "unnest($6::text[]), unnest($7::text[]), unnest($8::bigint[]), unnest($9::uuid[]), unnest($10::uuid[]), "
+    "jsonb_array_elements($11::jsonb), jsonb_array_elements($12::jsonb)) WITH ORDINALITY AS x(id, type, version, "
+    "aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload, n)), "
+    "y AS (SELECT h.base + x.n AS position, h.ts, x.* FROM h, x), "
+    "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
+    "sequence_number, causation_id, correlation_id, metadata, payload) SELECT position, COALESCE(id, ($13::text "
+    "|| overlay(to_hex(position | x'8000000000000000'::bigint) placing '-' from 5 for 0))::uuid), type, version, "
+    "ts, aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload FROM y), "
+    "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) "
+    "SELECT id, aggregate_id, seq, position, ts FROM y WHERE id IS NOT NULL), "
+    "w AS (INSERT INTO pliers_writers (writer, batch, base, timestamp) SELECT $14::uuid, $15::bigint, base, ts "
+    "FROM h ON CONFLICT (writer) DO UPDATE SET batch = excluded.batch, base = excluded.base, "
+    "timestamp = excluded.timestamp), "
+    "a AS (UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
+    "first_timestamp = COALESCE(a.first_timestamp, h.ts), last_timestamp = h.ts FROM h, ("
+    "SELECT aggregate_id, max(seq) AS version, count(*) AS n, min(aggregate_type) AS t FROM x GROUP BY "
+    "aggregate_id) v WHERE a.aggregate_id = v.aggregate_id) "
+    "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h";
+
 // What the planner sees in a PostgreSQL batch: rows read (and locked) at the start of the
 // transaction, updated as each append of the batch is planned.
 class batch_lookup final : public append_lookup {
@@ -379,6 +454,17 @@ struct postgres_store::impl {
   std::thread maintenance;
   std::thread listener;              // LISTEN pliers_events: commits of other processes
   std::function<void()> on_commit;   // the owner's notify_committed
+
+  // Generated event ids (docs/adr/0007): the database's tag, read at open, and the text
+  // every such id starts with.
+  std::uint64_t id_tag = 0;
+  std::string id_prefix;
+  // This process's writer: its row in pliers_writers, the number of its last batch, and
+  // the server process of its connection (group-commit thread only).
+  const std::string writer_id = new_uuid_v4();
+  std::int64_t writer_batch = 0;
+  int writer_pid = 0;
+  std::string writer_started;
 
   impl(std::string u, const store_options& o) : url(std::move(u)), opts(o), clk(o.time_source ? *o.time_source : default_clock()) {}
 
@@ -501,50 +587,15 @@ struct postgres_store::impl {
 
   // --- appends (docs/adr/0005-postgres-append-pipeline.md) ---
 
-  // The statements of the append transaction, prepared once per writer connection.
-  static constexpr const char* sql_reserve =
-      "INSERT INTO aggregates (aggregate_id, aggregate_type, version) "
-      "SELECT a, t, 0 FROM unnest($1::text[], $2::text[]) AS x(a, t) ORDER BY a ON CONFLICT DO NOTHING";
-  static constexpr const char* sql_lock =
-      "SELECT aggregate_id, aggregate_type, version FROM aggregates WHERE aggregate_id = ANY($1::text[]) "
-      "ORDER BY aggregate_id FOR UPDATE";
-  // The same locks, checked against the versions the writer expects ($2 types, $3
-  // versions, $4 how many): fails (22P02) unless every aggregate is at its expected
-  // version, which aborts the transaction and makes the server skip the rest of the round.
-  static constexpr const char* sql_lock_expecting =
-      "WITH a AS MATERIALIZED (SELECT aggregate_id, aggregate_type, version FROM aggregates "
-      "WHERE aggregate_id = ANY($1::text[]) ORDER BY aggregate_id FOR UPDATE) "
-      "SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'pliers: aggregates moved on' END)::int "
-      "FROM a JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS x(id, type, version) "
-      "ON a.aggregate_id = x.id AND a.aggregate_type = x.type AND a.version = x.version";
-  static constexpr const char* sql_known_ids =
-      "SELECT id, aggregate_id, sequence_number, position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint "
-      "FROM event_ids WHERE id = ANY($1::uuid[])";
-  // Positions from the counter, the events and their ids from arrays (metadata and
-  // payloads as JSON arrays: one parse each, no array escaping), the aggregates' versions
-  // and counts: one statement. x is numbered in the order of the planned positions, so
-  // base + n is the event's position. Several appends of a batch may touch one
-  // aggregate: its highest sequence number is its version, the counts add up.
-  static constexpr const char* sql_write =
-      "WITH h AS (UPDATE log_head SET position = position + $1, last_timestamp = GREATEST(last_timestamp, "
-      "$2::timestamptz) RETURNING position - $1 AS base, last_timestamp AS ts), "
-      "x AS (SELECT * FROM ROWS FROM (unnest($3::uuid[]), unnest($4::text[]), unnest($5::int[]), "
-      "unnest($6::text[]), unnest($7::text[]), unnest($8::bigint[]), unnest($9::uuid[]), unnest($10::uuid[]), "
-      "jsonb_array_elements($11::jsonb), jsonb_array_elements($12::jsonb)) WITH ORDINALITY AS x(id, type, version, "
-      "aggregate_id, aggregate_type, seq, causation_id, correlation_id, metadata, payload, n)), "
-      "e AS (INSERT INTO events (position, id, type, version, timestamp, aggregate_id, aggregate_type, "
-      "sequence_number, causation_id, correlation_id, metadata, payload) SELECT h.base + x.n, x.id, x.type, "
-      "x.version, h.ts, x.aggregate_id, x.aggregate_type, x.seq, x.causation_id, x.correlation_id, x.metadata, "
-      "x.payload FROM h, x), "
-      "i AS (INSERT INTO event_ids (id, aggregate_id, sequence_number, position, timestamp) "
-      "SELECT x.id, x.aggregate_id, x.seq, h.base + x.n, h.ts FROM h, x), "
-      "a AS (UPDATE aggregates a SET version = v.version, event_count = a.event_count + v.n, aggregate_type = v.t, "
-      "first_timestamp = COALESCE(a.first_timestamp, h.ts), last_timestamp = h.ts FROM h, ("
-      "SELECT aggregate_id, max(seq) AS version, count(*) AS n, min(aggregate_type) AS t FROM x GROUP BY "
-      "aggregate_id) v WHERE a.aggregate_id = v.aggregate_id) "
-      "SELECT base, (EXTRACT(EPOCH FROM ts) * 1000000)::bigint FROM h";
-
-  static result<void> prepare_writer(connection& db) {
+  result<void> prepare_writer(connection& db) {
+    if (!db.is_prepared("pliers_write")) {
+      // A new writer connection: what identifies its server process, to end it should the
+      // connection break during a commit (see committed()).
+      auto started = db.exec("SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()");
+      if (!started) return std::move(started).error();
+      writer_pid = db.backend_pid();
+      writer_started = started->rows() > 0 ? std::string(started->text(0, 0)) : std::string();
+    }
     static constexpr std::pair<const char*, const char*> statements[] = {
         {"pliers_begin", "BEGIN"},
         {"pliers_commit", "COMMIT"},
@@ -578,6 +629,8 @@ struct postgres_store::impl {
     std::vector<std::string_view> first_types;    // of each: the aggregate type of its first event in the batch
     std::string aggregates, types;                // the same as text[]
     std::string client_ids;                       // uuid[]: ids the callers chose ("" when none)
+    std::string generated_positions;              // bigint[]: the positions chosen ids of the generated form name
+    bool chooses_generated = false;               // a caller chose an id of the form this store generates
     // Metadata and payload of every event (units, requests, events in order), serialized:
     // event k's metadata is json[bounds[2k], bounds[2k+1]), its payload json[bounds[2k+1],
     // bounds[2k+2]). Filled while the server locks.
@@ -594,16 +647,25 @@ struct postgres_store::impl {
     return out + '}';
   }
 
-  static batch_input describe(std::span<group_commit::pending> batch) {
+  batch_input describe(std::span<group_commit::pending> batch) const {
     batch_input in;
     std::map<std::string_view, std::string_view> aggregates;  // sorted: id -> type
     std::vector<std::string_view> client_ids;
+    in.generated_positions = "{";
     for (const auto& p : batch)
       for (const auto& req : p.requests) {
         aggregates.try_emplace(req.aggregate_id, req.events.front().aggregate_type);
-        for (const auto& e : req.events)
-          if (e.id) client_ids.push_back(*e.id);
+        for (const auto& e : req.events) {
+          if (!e.id) continue;
+          client_ids.push_back(*e.id);
+          if (const auto position = uuid_v8_position(*e.id, id_tag); position >= 0) {
+            if (in.chooses_generated) in.generated_positions += ',';
+            in.generated_positions += std::to_string(position);
+            in.chooses_generated = true;
+          }
+        }
       }
+    in.generated_positions += '}';
     for (const auto& [id, type] : aggregates) in.aggregate_ids.push_back(id), in.first_types.push_back(type);
     in.aggregates = text_array(in.aggregate_ids);
     in.types = text_array(in.first_types);
@@ -678,17 +740,42 @@ struct postgres_store::impl {
   struct batch_outcome {
     std::vector<group_commit::unit_result> results;  // positions and times final once committed
     batch_plan plan;
-    std::string first_new_id;  // the batch's first new event (relative position 1): resolves an unknown outcome
+    std::int64_t batch = 0;    // the number the write recorded in pliers_writers: resolves an unknown outcome
     bool commit_sent = false;  // past this point a broken connection leaves the outcome unknown
     std::string sqlstate;      // of the statement that failed
   };
+
+  // A chosen id of the form this store generates must name a stored event (a retry):
+  // otherwise its position may be handed out later, and the id with it.
+  std::optional<error> unknown_generated_id(const std::vector<append_request>& requests,
+                                            const batch_lookup& lookup) const {
+    for (std::size_t r = 0; r < requests.size(); ++r)
+      for (std::size_t k = 0; k < requests[r].events.size(); ++k) {
+        const auto& id = requests[r].events[k].id;
+        if (!id || lookup.events.count(*id)) continue;
+        const auto position = uuid_v8_position(*id, id_tag);
+        if (position < 0) continue;
+        std::string field = "events[" + std::to_string(k) + "].id";
+        if (requests.size() > 1) field = "appends[" + std::to_string(r) + "]." + field;
+        return error::invalid(field, "event id " + *id + " has the form of the ids this store generates (position " +
+                                         std::to_string(position) +
+                                         ") but no stored event has it; choose an id of your own");
+      }
+    return std::nullopt;
+  }
 
   void plan_batch(std::span<group_commit::pending> batch, batch_lookup& lookup, timestamp now, batch_outcome& out) {
     auto& bp = out.plan;
     bp = batch_plan{};
     out.results.clear();
     for (const auto& p : batch) {
-      auto unit = plan_group(planning_copy(p.requests), lookup, log_position(bp.events), now);
+      if (auto refused = unknown_generated_id(p.requests, lookup)) {
+        out.results.emplace_back(std::move(*refused));
+        bp.units.emplace_back();
+        continue;
+      }
+      // Ids are left empty for the write to make from the positions (docs/adr/0007).
+      auto unit = plan_group(planning_copy(p.requests), lookup, log_position(bp.events), now, false);
       if (!unit) {
         out.results.emplace_back(std::move(unit).error());
         bp.units.emplace_back();
@@ -697,8 +784,8 @@ struct postgres_store::impl {
       for (std::size_t r = 0; r < unit->size(); ++r) {
         const auto& plan = (*unit)[r];
         if (plan.replay) continue;
-        // Later appends of the batch may retry or reuse the ids callers chose; an id the
-        // planner generated is new to everyone.
+        // Later appends of the batch may retry or reuse the ids callers chose; a generated
+        // id is new to everyone.
         for (std::size_t k = 0; k < plan.events.size(); ++k) {
           if (!p.requests[r].events[k].id) continue;
           const auto& e = plan.events[k];
@@ -722,7 +809,7 @@ struct postgres_store::impl {
   };
 
   static bool build_write(std::span<group_commit::pending> batch, const batch_input& in, const batch_plan& bp,
-                          timestamp now, write_arrays& w, batch_outcome& out) {
+                          timestamp now, write_arrays& w) {
     w.count = std::to_string(bp.events);
     w.at = format_rfc3339(now);
     for (auto* s : {&w.ids, &w.types, &w.versions, &w.aggregate_ids, &w.aggregate_types, &w.seqs, &w.causations,
@@ -751,7 +838,8 @@ struct postgres_store::impl {
             for (auto* s : {&w.ids, &w.types, &w.versions, &w.aggregate_ids, &w.aggregate_types, &w.seqs,
                             &w.causations, &w.correlations, &w.metadata, &w.payloads})
               *s += ',';
-          pg::append_array_element(w.ids, e.id);
+          if (e.id.empty()) w.ids += "NULL";  // generated from the position by the write
+          else pg::append_array_element(w.ids, e.id);
           pg::append_array_element(w.types, e.type);
           w.versions += std::to_string(e.version);
           pg::append_array_element(w.aggregate_ids, e.aggregate_id);
@@ -762,7 +850,6 @@ struct postgres_store::impl {
           const std::size_t j = 2 * (first + k);
           w.metadata.append(in.json, in.bounds[j], in.bounds[j + 1] - in.bounds[j]);
           w.payloads.append(in.json, in.bounds[j + 1], in.bounds[j + 2] - in.bounds[j + 1]);
-          if (out.first_new_id.empty()) out.first_new_id = e.id;
         }
       }
     }
@@ -803,7 +890,9 @@ struct postgres_store::impl {
     };
     const auto now = clk.now();
     batch_lookup lookup;
-    bool speculative = true;
+    // A chosen id of the generated form is checked by position, which the primary key of
+    // event_ids cannot do: such a batch goes the long way.
+    bool speculative = !in.chooses_generated;
     for (std::size_t i = 0; speculative && i < in.aggregate_ids.size(); ++i) {
       auto it = known_aggregates.find(std::string(in.aggregate_ids[i]));
       if (it == known_aggregates.end() || it->second.aggregate_type != in.first_types[i]) speculative = false;
@@ -855,7 +944,7 @@ struct postgres_store::impl {
     std::string reserve_ids, reserve_types;
     const char* reserve_values[] = {nullptr, nullptr};
     const char* lock_values[] = {in.aggregates.c_str()};
-    const char* ids_values[] = {in.client_ids.c_str()};
+    const char* ids_values[] = {in.client_ids.c_str(), in.generated_positions.c_str()};
     auto send_round_1 = [&](bool restart) -> result<void> {
       if (restart) {
         // An aggregate this writer thought existed was not found: reserve them all.
@@ -925,14 +1014,17 @@ struct postgres_store::impl {
     auto& bp = out.plan;
     write_arrays w;
     if (bp.events > 0) {
-      if (!build_write(batch, in, bp, now, w, out)) {
+      if (!build_write(batch, in, bp, now, w)) {
         if (db.sync()) (void)db.receive();
         return error::make(errc::internal, "postgres: planned positions are not consecutive");
       }
-      const char* write_values[] = {w.count.c_str(),         w.at.c_str(),         w.ids.c_str(),
-                                    w.types.c_str(),         w.versions.c_str(),   w.aggregate_ids.c_str(),
-                                    w.aggregate_types.c_str(), w.seqs.c_str(),     w.causations.c_str(),
-                                    w.correlations.c_str(),  w.metadata.c_str(),   w.payloads.c_str()};
+      out.batch = ++writer_batch;
+      const std::string batch_number = std::to_string(out.batch);
+      const char* write_values[] = {w.count.c_str(),           w.at.c_str(),          w.ids.c_str(),
+                                    w.types.c_str(),           w.versions.c_str(),    w.aggregate_ids.c_str(),
+                                    w.aggregate_types.c_str(), w.seqs.c_str(),        w.causations.c_str(),
+                                    w.correlations.c_str(),    w.metadata.c_str(),    w.payloads.c_str(),
+                                    id_prefix.c_str(),         writer_id.c_str(),     batch_number.c_str()};
       out.commit_sent = true;
       if (auto r = db.send({"pliers_write", nullptr, write_values}); !r) return r;
       if (locked)
@@ -960,8 +1052,8 @@ struct postgres_store::impl {
     return finish_results(head.int64(0, 0), from_micros(head.int64(0, 1)), out);
   }
 
-  // Once the batch committed (or wrote nothing): the stored positions and time in every
-  // result, and what this writer now knows of the aggregates it wrote.
+  // Once the batch committed (or wrote nothing): the stored positions, ids and time in
+  // every result, and what this writer now knows of the aggregates it wrote.
   result<void> finish_results(std::int64_t base, timestamp commit_time, batch_outcome& out) {
     auto& bp = out.plan;
     for (std::size_t i = 0; i < bp.units.size(); ++i) {
@@ -972,8 +1064,11 @@ struct postgres_store::impl {
         for (auto& r : plan.result.events)
           // A retry of an append planned earlier in this same batch replays provisional
           // positions too: make them the stored ones.
+        {
           if (!plan.replay || bp.planned_here.count(r.id))
             r.position = log_position(r.position.value + base), r.time = commit_time;
+          if (r.id.empty()) r.id = uuid_v8_positional(id_tag, r.position.value);  // as the write made it
+        }
         unit.push_back(std::move(plan.result));
       }
       out.results[i] = std::move(unit);
@@ -981,15 +1076,31 @@ struct postgres_store::impl {
     return {};
   }
 
-  // Did a batch whose first new event is `id` commit? Asked after the connection broke
-  // while the commit was on its way. When it did: that event's position and time, which
-  // are the batch's base + 1 and commit time.
-  result<std::optional<std::pair<std::int64_t, timestamp>>> committed(const std::string& id) {
+  // Did this writer's batch number `batch` commit? Asked after the connection broke while
+  // the commit was on its way. The server process of that connection may still be working
+  // on it (it runs what it received before the break): it is ended first, and waited for,
+  // so that the answer is final. When the batch committed: its base position and time.
+  result<std::optional<std::pair<std::int64_t, timestamp>>> committed(std::int64_t batch) {
+    const std::string old_pid = std::to_string(writer_pid), old_start = writer_started;
     auto c = connect_with_retry(opts.connect_timeout);
     if (!c) return std::move(c).error();
     writer = std::move(*c);
+    if (!old_start.empty()) {
+      const params old{old_pid, old_start};
+      auto ended = writer->exec("SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity "
+                                "WHERE pid = $1::int AND backend_start = $2::timestamptz",
+                                old);
+      if (!ended) return std::move(ended).error();
+      auto still = writer->exec("SELECT 1 FROM pg_stat_activity WHERE pid = $1::int AND backend_start = $2::timestamptz", old);
+      if (!still) return std::move(still).error();
+      if (still->rows() > 0)
+        return error::make(errc::unavailable, "postgres: the server process of an interrupted commit (pid " + old_pid +
+                                                  ") did not end within 60 s; the outcome of that commit is unknown");
+    }
     auto r = writer->exec(
-        "SELECT position, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint FROM event_ids WHERE id = $1::uuid", {id});
+        "SELECT base, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint FROM pliers_writers "
+        "WHERE writer = $1::uuid AND batch = $2::bigint",
+        {writer_id, std::to_string(batch)});
     if (!r) return std::move(r).error();
     if (r->rows() == 0) return std::optional<std::pair<std::int64_t, timestamp>>();
     return std::optional<std::pair<std::int64_t, timestamp>>({r->int64(0, 0), from_micros(r->int64(0, 1))});
@@ -1024,13 +1135,13 @@ struct postgres_store::impl {
       if (out.commit_sent && writer->broken()) {
         // The connection broke while the commit was on its way: it may have committed. Ask
         // before retrying, so that nothing is written twice and nothing acknowledged is lost.
-        auto done = committed(out.first_new_id);
+        auto done = committed(out.batch);
         if (!done) {
           last = done.error();
           break;
         }
         if (*done) {
-          (void)finish_results((*done)->first - 1, (*done)->second, out);
+          (void)finish_results((*done)->first, (*done)->second, out);
           signal_commit();
           return std::move(out.results);
         }
@@ -1109,6 +1220,14 @@ struct postgres_store::impl {
       lock.unlock();
       auto r = with_reader([&](connection& db) { return ensure(db, clk.now(), 3); });
       if (!r) warn("partition maintenance failed: " + r.error().message);
+      // Writers' records matter only while a commit's outcome is in doubt: those of
+      // processes gone for a day are dropped.
+      auto pruned = with_reader([&](connection& db) -> result<void> {
+        auto q = db.exec("DELETE FROM pliers_writers WHERE timestamp < now() - interval '1 day'");
+        if (!q) return std::move(q).error();
+        return {};
+      });
+      if (!pruned) warn("pruning pliers_writers failed: " + pruned.error().message);
       lock.lock();
     }
   }
@@ -1153,7 +1272,7 @@ result<void> run_migrations(connection& db, const store_options& o) {
     auto applied = db.exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
     if (!applied) return std::move(applied).error();
     const auto version = applied->int64(0, 0);
-    constexpr std::int64_t known = 5;
+    constexpr std::int64_t known = 6;
     if (version > known)
       return error::make(errc::unavailable, "database schema version " + std::to_string(version) +
                                                 " is newer than this server knows (" + std::to_string(known) + ")");
@@ -1177,6 +1296,10 @@ result<void> run_migrations(connection& db, const store_options& o) {
       if (auto r = db.exec(migration_5); !r) return std::move(r).error();
       if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (5)"); !r) return std::move(r).error();
     }
+    if (version < 6) {
+      if (auto r = db.exec(migration_6()); !r) return std::move(r).error();
+      if (auto r = db.exec("INSERT INTO schema_migrations (version) VALUES (6)"); !r) return std::move(r).error();
+    }
     return {};
   };
   auto r = body();
@@ -1190,8 +1313,15 @@ result<void> run_migrations(connection& db, const store_options& o) {
 
 }  // namespace
 
+const postgres_append_statements& postgres_append_sql() {
+  static constexpr postgres_append_statements statements{sql_reserve, sql_lock, sql_lock_expecting, sql_known_ids,
+                                                         sql_write};
+  return statements;
+}
+
 std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index) {
-  return migration_1(partition_strategy, json_index) + migration_2 + migration_3 + migration_4 + migration_5;
+  return migration_1(partition_strategy, json_index) + migration_2 + migration_3 + migration_4 + migration_5 +
+         migration_6();
 }
 
 result<void> migrate_postgres(const std::string& url, const store_options& options) {
@@ -1211,6 +1341,13 @@ result<std::unique_ptr<postgres_store>> postgres_store::open(const std::string& 
   auto settings = p->writer->exec("SELECT value FROM pliers_settings WHERE key = 'partition_strategy'");
   if (!settings) return error::make(errc::unavailable, "the database has no pliers schema; run `pliers-events migrate`");
   if (settings->rows() > 0) p->strategy = settings->text(0, 0);
+  auto tag = p->writer->exec("SELECT value FROM pliers_settings WHERE key = 'id_tag'");
+  if (!tag) return std::move(tag).error();
+  if (tag->rows() == 0 || tag->text(0, 0).size() != 15 ||
+      !std::all_of(tag->text(0, 0).begin(), tag->text(0, 0).end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+    return error::make(errc::unavailable, "the database's pliers schema is older than this server; run `pliers-events migrate`");
+  p->id_tag = std::stoull(std::string(tag->text(0, 0)), nullptr, 16);
+  p->id_prefix = uuid_v8_positional_prefix(p->id_tag);
   if (auto r = p->ensure(*p->writer, p->clk.now(), 3); !r) return std::move(r).error();
   for (std::size_t i = 0; i < std::max<std::size_t>(options.read_connections, 1); ++i) {
     auto c = p->connect();
@@ -1339,9 +1476,15 @@ result<query_result> postgres_store::query(const event_query& q, const paginatio
 
 result<event> postgres_store::get_event(std::string_view id) {
   return impl_->with_reader([&](connection& db) -> result<event> {
-    auto r = db.exec(std::string("SELECT ") + event_columns +
-                         " FROM events WHERE (position, timestamp) = (SELECT position, timestamp FROM event_ids WHERE id = $1::uuid)",
-                     {std::string(id)});
+    // A generated id names its position; a chosen one is found through event_ids.
+    const auto position = uuid_v8_position(id, impl_->id_tag);
+    auto r = position >= 0
+                 ? db.exec(std::string("SELECT ") + event_columns + " FROM events WHERE position = $1 AND id = $2::uuid",
+                           {std::to_string(position), std::string(id)})
+                 : db.exec(std::string("SELECT ") + event_columns +
+                               " FROM events WHERE (position, timestamp) = (SELECT position, timestamp FROM event_ids "
+                               "WHERE id = $1::uuid)",
+                           {std::string(id)});
     if (!r) return std::move(r).error();
     if (r->rows() == 0) return error::make(errc::not_found, "no event with id " + std::string(id));
     return row_to_event(*r, 0);

@@ -92,6 +92,17 @@ class postgres_store final : public event_store {
 // schema_migrations are not included.
 std::string postgres_schema_sql(const std::string& partition_strategy, const std::string& json_index);
 
+// The statements of the append transaction (docs/adr/0005, docs/adr/0007), for the
+// benchmark that replays them with libpq alone.
+struct postgres_append_statements {
+  const char* reserve;
+  const char* lock;
+  const char* lock_expecting;
+  const char* known_ids;
+  const char* write;  // $13 the id prefix, $14 the writer's id, $15 its batch number
+};
+const postgres_append_statements& postgres_append_sql();
+
 // Runs the migrations only (the `migrate` command).
 result<void> migrate_postgres(const std::string& url, const store_options& options);
 
