@@ -1061,10 +1061,9 @@ struct postgres_store::impl {
       std::vector<append_result> unit;
       for (auto& plan : bp.units[i]) {
         if (!plan.replay) remember(plan.result.aggregate_id, {plan.aggregate_type, plan.result.version});
-        for (auto& r : plan.result.events)
+        for (auto& r : plan.result.events) {
           // A retry of an append planned earlier in this same batch replays provisional
           // positions too: make them the stored ones.
-        {
           if (!plan.replay || bp.planned_here.count(r.id))
             r.position = log_position(r.position.value + base), r.time = commit_time;
           if (r.id.empty()) r.id = uuid_v8_positional(id_tag, r.position.value);  // as the write made it
@@ -1087,15 +1086,17 @@ struct postgres_store::impl {
     writer = std::move(*c);
     if (!old_start.empty()) {
       const params old{old_pid, old_start};
-      auto ended = writer->exec("SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity "
-                                "WHERE pid = $1::int AND backend_start = $2::timestamptz",
+      // Waits for the process to be gone, within the statement timeout.
+      const auto wait_ms = std::max<std::int64_t>(1000, opts.query_timeout.count() - 1000);
+      auto ended = writer->exec("SELECT pg_terminate_backend(pid, " + std::to_string(wait_ms) +
+                                    ") FROM pg_stat_activity WHERE pid = $1::int AND backend_start = $2::timestamptz",
                                 old);
       if (!ended) return std::move(ended).error();
       auto still = writer->exec("SELECT 1 FROM pg_stat_activity WHERE pid = $1::int AND backend_start = $2::timestamptz", old);
       if (!still) return std::move(still).error();
       if (still->rows() > 0)
         return error::make(errc::unavailable, "postgres: the server process of an interrupted commit (pid " + old_pid +
-                                                  ") did not end within 60 s; the outcome of that commit is unknown");
+                                                  ") did not end; the outcome of that commit is unknown");
     }
     auto r = writer->exec(
         "SELECT base, (EXTRACT(EPOCH FROM timestamp) * 1000000)::bigint FROM pliers_writers "
