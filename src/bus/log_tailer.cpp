@@ -5,7 +5,7 @@
 namespace pliers {
 
 log_tailer::log_tailer(event_store& store, options opts) : store_(store), opts_(opts), head_(store.head()) {
-  store_.set_commit_observer([this] { wake(); });
+  store_.set_commit_observer([this](std::vector<event> committed) { offer(std::move(committed)); });
   thread_ = std::thread([this] { run(); });
 }
 
@@ -19,12 +19,37 @@ log_tailer::~log_tailer() {
   thread_.join();
 }
 
-void log_tailer::wake() {
+void log_tailer::wake() { offer({}); }
+
+void log_tailer::offer(std::vector<event> committed) {
   {
     std::lock_guard lock(wake_mutex_);
+    if (committed.empty()) must_read_ = true;
+    else offered_.push_back(std::move(committed));
     woken_ = true;
   }
   wake_cv_.notify_one();
+}
+
+bool log_tailer::take_offered(std::vector<event>& committed) {
+  std::unique_lock lock(ring_mutex_);
+  for (auto& e : committed) {
+    if (e.position <= head_) continue;  // read from the store already
+    if (e.position.value != head_.value + 1) return false;
+    head_ = e.position;
+    ring_.push_back(std::make_shared<const tailed_event>(std::move(e)));
+    if (ring_.size() > opts_.ring_capacity) ring_.pop_front();
+  }
+  return true;
+}
+
+void log_tailer::tell_listeners(log_position head) {
+  std::vector<std::shared_ptr<listener>> ls;
+  {
+    std::lock_guard lock(listeners_mutex_);
+    for (auto& [id, l] : listeners_) ls.push_back(l);
+  }
+  for (auto& l : ls) (*l)(head);
 }
 
 log_position log_tailer::head() const {
@@ -38,6 +63,7 @@ std::uint64_t log_tailer::add_listener(listener l) {
     std::lock_guard lock(listeners_mutex_);
     id = next_listener_++;
     listeners_.emplace(id, std::make_shared<listener>(std::move(l)));
+    following_ = true;
   }
   wake();  // an idle tailer catches up for its new listener
   return id;
@@ -46,6 +72,7 @@ std::uint64_t log_tailer::add_listener(listener l) {
 void log_tailer::remove_listener(std::uint64_t id) {
   std::lock_guard lock(listeners_mutex_);
   listeners_.erase(id);
+  following_ = !listeners_.empty();
 }
 
 const std::string& tailed_event::json() const {
@@ -62,8 +89,12 @@ result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position a
       return std::vector<event_ptr>(ring_.begin() + static_cast<std::ptrdiff_t>(first),
                                     ring_.begin() + static_cast<std::ptrdiff_t>(first + n));
     }
+    // A reader at the head of a tailer that follows the log: nothing newer yet. Listeners
+    // are told when there is.
+    if (after >= head_ && following_.load()) return std::vector<event_ptr>();
   }
   // Not in the ring (older, or newer than an idle tailer has seen): from the store.
+  store_reads_.fetch_add(1, std::memory_order_relaxed);
   auto events = store_.read_all(after, max);
   if (!events) return std::move(events).error();
   std::vector<event_ptr> out;
@@ -74,18 +105,33 @@ result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position a
 
 void log_tailer::run() {
   while (true) {
+    std::vector<std::vector<event>> offered;
+    bool must_read = false;
     {
       std::unique_lock lock(wake_mutex_);
-      wake_cv_.wait_for(lock, opts_.poll_interval, [&] { return woken_ || stopping_; });
+      const bool woken = wake_cv_.wait_for(lock, opts_.poll_interval, [&] { return woken_ || stopping_; });
       if (stopping_) return;
-      woken_ = false;
+      offered.swap(offered_);
+      must_read = must_read_ || !woken;  // a poll looks in the store
+      woken_ = must_read_ = false;
     }
     {
       // Nobody listens: do not read (and parse) every commit back; catch up when a
-      // listener arrives, jumping ahead when more than a ring's worth was missed.
+      // listener arrives, jumping ahead when more than a ring's worth was missed. (The
+      // offered events are dropped here, on this thread.)
       std::lock_guard lock(listeners_mutex_);
       if (listeners_.empty()) continue;
     }
+    // This process's commits, in commit order: they join the ring when they follow its
+    // head (the store makes positions visible in order, so nothing before them is missing).
+    const log_position before = head();
+    for (auto& committed : offered)
+      if (!take_offered(committed)) {
+        must_read = true;  // another process's events, or a hole, come first: read them
+        break;
+      }
+    if (const auto now = head(); now != before) tell_listeners(now);
+    if (!must_read) continue;
     if (auto store_head = store_.head(); store_head.value - head().value > static_cast<std::int64_t>(opts_.ring_capacity)) {
       std::unique_lock lock(ring_mutex_);
       ring_.clear();
@@ -97,6 +143,7 @@ void log_tailer::run() {
       // positions visible in order), so a hole below it is permanent: compaction archived
       // those events. A hole above it may still fill: never skip one.
       const log_position visible = store_.head();
+      store_reads_.fetch_add(1, std::memory_order_relaxed);
       auto batch = store_.read_all(from, opts_.read_batch);
       if (!batch || batch->empty()) break;  // a failed read is retried on the next wake or poll
       log_position new_head;
@@ -110,12 +157,7 @@ void log_tailer::run() {
         }
         new_head = head_;
       }
-      std::vector<std::shared_ptr<listener>> ls;
-      {
-        std::lock_guard lock(listeners_mutex_);
-        for (auto& [id, l] : listeners_) ls.push_back(l);
-      }
-      for (auto& l : ls) (*l)(new_head);
+      tell_listeners(new_head);
       if (batch->size() < opts_.read_batch) break;
     }
   }

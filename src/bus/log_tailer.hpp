@@ -1,7 +1,10 @@
 // The log tailer (DESIGN "Distribution"): one per node. A thread follows the global log in
 // position order, woken by the store's commit observer (local commits at once, other
 // processes' through LISTEN/NOTIFY on PostgreSQL) and, as a safety net, every
-// poll_interval. It keeps the most recent `ring_capacity` events in memory.
+// poll_interval. It keeps the most recent `ring_capacity` events in memory. The events of
+// this process's own commits come with the wake-up (the store hands them over): when they
+// follow the ring's head they join it without a store read; anything else (another
+// process's commits, a gap, a poll) is read from the store.
 //
 // The tailer follows the log only while it has listeners (a server with no subscriber does
 // not read every commit back); read_after answers from the store whatever the ring lacks.
@@ -14,6 +17,7 @@
 // Thread-safety: all members may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -63,11 +67,19 @@ class log_tailer {
   // Listeners run on the tailer thread after the head advanced; they must not block.
   std::uint64_t add_listener(listener l);
   void remove_listener(std::uint64_t id);
-  // Asks the tailer to look for new events now.
+  // Asks the tailer to look for new events in the store now.
   void wake();
+  // How many times it read events from the store (statistics; own commits come without).
+  std::uint64_t store_reads() const { return store_reads_.load(std::memory_order_relaxed); }
 
  private:
   void run();
+  // The store's commit observer: `committed` (possibly empty) as event_store describes it.
+  void offer(std::vector<event> committed);
+  // Adds offered events that follow the head to the ring; false when one does not (a
+  // gap: the store must be read).
+  bool take_offered(std::vector<event>& committed);
+  void tell_listeners(log_position head);
 
   event_store& store_;
   const options opts_;
@@ -77,10 +89,14 @@ class log_tailer {
   std::mutex listeners_mutex_;
   std::map<std::uint64_t, std::shared_ptr<listener>> listeners_;  // GUARDED_BY(listeners_mutex_)
   std::uint64_t next_listener_ = 1;
+  std::atomic<bool> following_{false};  // listeners_ is not empty: the thread follows the log
   std::mutex wake_mutex_;
   std::condition_variable wake_cv_;
-  bool woken_ = false;     // GUARDED_BY(wake_mutex_)
-  bool stopping_ = false;  // GUARDED_BY(wake_mutex_)
+  bool woken_ = false;                       // GUARDED_BY(wake_mutex_)
+  bool must_read_ = false;                   // GUARDED_BY(wake_mutex_)
+  std::vector<std::vector<event>> offered_;  // GUARDED_BY(wake_mutex_); commits in order
+  bool stopping_ = false;                    // GUARDED_BY(wake_mutex_)
+  std::atomic<std::uint64_t> store_reads_{0};
   std::thread thread_;
 };
 

@@ -58,18 +58,23 @@ result<append_result> event_store::append(append_request request) {
   return future.get();
 }
 
-void event_store::set_commit_observer(std::function<void()> observer) {
+void event_store::set_commit_observer(commit_observer observer) {
   std::lock_guard lock(observer_mutex_);
-  observer_ = observer ? std::make_shared<std::function<void()>>(std::move(observer)) : nullptr;
+  observer_ = observer ? std::make_shared<commit_observer>(std::move(observer)) : nullptr;
 }
 
-void event_store::notify_committed() {
-  std::shared_ptr<std::function<void()>> o;
+bool event_store::observed() {
+  std::lock_guard lock(observer_mutex_);
+  return observer_ != nullptr;
+}
+
+void event_store::notify_committed(std::vector<event> committed) {
+  std::shared_ptr<commit_observer> o;
   {
     std::lock_guard lock(observer_mutex_);
     o = observer_;
   }
-  if (o) (*o)();
+  if (o) (*o)(std::move(committed));
 }
 
 result<void> event_store::read_aggregate_json(std::string_view aggregate_id, std::int64_t from_version,

@@ -270,18 +270,24 @@ class event_store {
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is
-  // a wake-up for the log tailer, not a delivery. One observer; nullptr removes it.
-  void set_commit_observer(std::function<void()> observer);
+  // a wake-up for the log tailer. `committed` is what this process's writer just stored,
+  // in position order with no gap, when the store hands it over (SQLite, PostgreSQL): the
+  // tailer then need not read it back. Empty: something was committed, read the store.
+  // One observer; nullptr removes it.
+  using commit_observer = std::function<void(std::vector<event> committed)>;
+  void set_commit_observer(commit_observer observer);
 
  protected:
   event_store() = default;
-  void notify_committed();
+  // Whether an observer is set: only then is it worth keeping the committed events.
+  bool observed();
+  void notify_committed(std::vector<event> committed = {});
   // Called with validated requests (one for append_async, several for a group).
   virtual void submit_group(std::vector<append_request> requests, group_callback done) = 0;
 
  private:
   std::mutex observer_mutex_;
-  std::shared_ptr<std::function<void()>> observer_;  // GUARDED_BY(observer_mutex_)
+  std::shared_ptr<commit_observer> observer_;  // GUARDED_BY(observer_mutex_)
 };
 
 struct store_options {

@@ -11,6 +11,7 @@
 #include "bus/event_bus.hpp"
 #include "core/event_codec.hpp"
 #include "core/uuid.hpp"
+#include "support/postgres.hpp"
 
 namespace pliers {
 
@@ -21,8 +22,19 @@ class EventBus : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / ("pliers-bus-" + new_uuid_v4().substr(0, 8));
     std::filesystem::create_directories(dir_);
-    auto s = open_store(GetParam() == "sqlite" ? "sqlite:" + (dir_ / "e.db").string() : "memory:");
-    ASSERT_TRUE(s);
+    std::string url = "memory:";
+    if (GetParam() == "sqlite") url = "sqlite:" + (dir_ / "e.db").string();
+    if (GetParam() == "postgres") {
+      auto base = testing::postgres_url();
+      if (!base) {
+        if (testing::in_ci()) FAIL() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set";
+        GTEST_SKIP() << "no PostgreSQL configured";
+      }
+      schema_ = std::make_unique<testing::postgres_schema>(*base);
+      url = schema_->url();
+    }
+    auto s = open_store(url);
+    ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     tailer_ = std::make_unique<log_tailer>(*store_, log_tailer::options{.ring_capacity = 256});
     bus_ = std::make_unique<event_bus>(*store_, *tailer_);
@@ -31,6 +43,7 @@ class EventBus : public ::testing::TestWithParam<std::string> {
     bus_.reset();
     tailer_.reset();
     store_.reset();
+    schema_.reset();
     std::filesystem::remove_all(dir_);
   }
   static new_event make(std::string type, int n) {
@@ -42,6 +55,7 @@ class EventBus : public ::testing::TestWithParam<std::string> {
     return e;
   }
   std::filesystem::path dir_;
+  std::unique_ptr<testing::postgres_schema> schema_;
   std::unique_ptr<event_store> store_;
   std::unique_ptr<log_tailer> tailer_;
   std::unique_ptr<event_bus> bus_;
@@ -89,6 +103,55 @@ TEST_P(EventBus, TailedEventsCarryTheirApiJson) {
       EXPECT_EQ(e->json(), want);
       EXPECT_EQ(&e->json(), &e->json());  // made once
     }
+  }
+}
+
+// This process's commits reach the tailer with the store's wake-up: SQLite and PostgreSQL
+// hand the stored events over, and the tailer adds them to its ring without reading them
+// back. What subscribers get is exactly what a read returns: on PostgreSQL the payload as
+// jsonb gives it back (keys reordered, whole doubles as integers).
+TEST_P(EventBus, LiveEventsAreWhatAReadReturnsAndOwnCommitsAreNotReadBack) {
+  bus_.reset();
+  tailer_.reset();  // first: a tailer's destructor removes the store's (one) commit observer
+  tailer_ = std::make_unique<log_tailer>(*store_, log_tailer::options{.poll_interval = std::chrono::hours(1)});
+  bus_ = std::make_unique<event_bus>(*store_, *tailer_);
+  std::atomic<std::int64_t> seen{0};
+  auto sub = bus_->subscribe_with_filter({}, [&](const event& e) { seen = e.position.value; }, subscription_start::now());
+  // The catch-up reads of a new listener (and, on PostgreSQL, of the LISTEN connection
+  // coming up) settle first.
+  for (int i = 0; i < 200 && tailer_->store_reads() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (auto last = tailer_->store_reads(), quiet = std::uint64_t{0}; quiet < 4; last = tailer_->store_reads()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    quiet = tailer_->store_reads() == last ? quiet + 1 : 0;
+  }
+  const auto reads_before = tailer_->store_reads();
+  auto tricky = [](int i) {
+    new_event e = make("live.one", i);
+    e.payload = json::parse(R"({"zeta":1,"a":2.0,"mm":{"b":[{"yy":1,"x":-0.0}],"a":"\u00e9"},"big":12345678901234567890,)"
+                            R"("f":0.1,"e":1e300,"neg":-3.0,"s":"x"})")
+                    .as_object();
+    e.payload["i"] = i;
+    return e;
+  };
+  constexpr int appends = 20;
+  for (int i = 0; i < appends; ++i) {
+    std::vector<new_event> events = {tricky(i), make("live.two", i)};
+    ASSERT_TRUE(store_->append({"live-" + std::to_string(i % 3), std::nullopt, events}));
+  }
+  for (int i = 0; i < 500 && seen.load() < 2 * appends; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(seen.load(), 2 * appends);
+  if (GetParam() != "memory") {
+    EXPECT_EQ(tailer_->store_reads(), reads_before) << "own commits were read back";
+  }
+  auto live = tailer_->read_after(log_position(0), 100);
+  ASSERT_TRUE(live);
+  auto stored = store_->read_all(log_position(0), 100);
+  ASSERT_TRUE(stored);
+  ASSERT_EQ(live->size(), stored->size());
+  for (std::size_t i = 0; i < stored->size(); ++i) {
+    std::string want;
+    write_event_json(want, (*stored)[i]);
+    EXPECT_EQ((*live)[i]->json(), want);
   }
 }
 
@@ -142,6 +205,6 @@ TEST_P(EventBus, StartsNowAtAPositionOrAtATime) {
   EXPECT_EQ(from_now.load(), 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, EventBus, ::testing::Values("memory", "sqlite"));
+INSTANTIATE_TEST_SUITE_P(Stores, EventBus, ::testing::Values("memory", "sqlite", "postgres"));
 
 }  // namespace pliers

@@ -192,12 +192,12 @@ result<std::vector<query_result>> connection::receive() {
   return out;
 }
 
-bool connection::wait_for_notification(std::chrono::milliseconds timeout) {
+bool connection::wait_for_notification(std::chrono::milliseconds timeout, const std::function<bool(int pid)>& counts) {
   auto drain = [&] {
     bool any = false;
     while (PGnotify* n = PQnotifies(conn_)) {
+      any = any || !counts || counts(n->be_pid);
       PQfreemem(n);
-      any = true;
     }
     return any;
   };

@@ -81,8 +81,9 @@ class connection {
   // lost.
   std::optional<std::size_t> failed_statement() const { return failed_statement_; }
   // Waits up to `timeout` for a NOTIFY on a LISTENing connection; true when one (or more)
-  // arrived, all of which are consumed.
-  bool wait_for_notification(std::chrono::milliseconds timeout);
+  // arrived that `counts` (given the sending server process; empty: all) counts. All are
+  // consumed.
+  bool wait_for_notification(std::chrono::milliseconds timeout, const std::function<bool(int pid)>& counts = {});
   // True when the server connection is gone (killed backend, restart, network).
   bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
   // True when the connection is usable for a new transaction: connected, out of pipeline

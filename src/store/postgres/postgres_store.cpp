@@ -1,7 +1,9 @@
 #include "store/postgres/postgres_store.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <cmath>
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <map>
@@ -230,6 +232,41 @@ std::string partition_name(timestamp start) {
   return "events_p" + s.substr(0, 4) + s.substr(5, 2) + s.substr(8, 2);
 }
 
+// What a JSON value becomes once stored as jsonb and read back (so that events handed to
+// the commit observer equal the ones a read returns): object keys in jsonb's order
+// (shorter first, then bytewise), and whole numbers written as doubles (the serializer
+// writes 2.0 as 2E0, jsonb keeps it as the numeric 2) read back as integers.
+void as_jsonb_returns(json::value& v);
+
+void as_jsonb_returns(json::object& o) {
+  for (auto& kv : o) as_jsonb_returns(kv.value());
+  auto before = [](std::string_view a, std::string_view b) {
+    return a.size() != b.size() ? a.size() < b.size() : a < b;
+  };
+  bool ordered = true;
+  for (std::size_t i = 1; i < o.size() && ordered; ++i) ordered = before((o.begin() + i - 1)->key(), (o.begin() + i)->key());
+  if (ordered) return;
+  std::vector<json::key_value_pair*> entries;
+  entries.reserve(o.size());
+  for (auto& kv : o) entries.push_back(&kv);
+  std::sort(entries.begin(), entries.end(), [&](auto* a, auto* b) { return before(a->key(), b->key()); });
+  json::object sorted(o.storage());
+  sorted.reserve(o.size());
+  for (auto* kv : entries) sorted.emplace(kv->key(), std::move(kv->value()));
+  o = std::move(sorted);
+}
+
+void as_jsonb_returns(json::value& v) {
+  if (auto* o = v.if_object()) {
+    as_jsonb_returns(*o);
+  } else if (auto* a = v.if_array()) {
+    for (auto& x : *a) as_jsonb_returns(x);
+  } else if (const auto* d = v.if_double(); d && std::isfinite(*d) && std::trunc(*d) == *d) {
+    if (*d >= -9223372036854775808.0 && *d < 9223372036854775808.0) v = static_cast<std::int64_t>(*d);
+    else if (*d >= 0 && *d < 18446744073709551616.0) v = static_cast<std::uint64_t>(*d);
+  }
+}
+
 result<event> row_to_event(const pg::query_result& r, int row) {
   event e;
   e.position = log_position(r.int64(row, 0));
@@ -453,7 +490,10 @@ struct postgres_store::impl {
   std::thread notifier;
   std::thread maintenance;
   std::thread listener;              // LISTEN pliers_events: commits of other processes
-  std::function<void()> on_commit;   // the owner's notify_committed
+  std::atomic<int> notifier_pid{0};  // the server process that sends this process's NOTIFYs
+  std::function<void(std::vector<event>)> on_commit;  // the owner's notify_committed
+  std::function<bool()> observed;                     // the owner's observed()
+  bool keep_events = false;  // this batch's events go to the commit observer (writer thread only)
 
   // Generated event ids (docs/adr/0007): the database's tag, read at open, and the text
   // every such id starts with.
@@ -1037,7 +1077,7 @@ struct postgres_store::impl {
       if (auto r = db.send({"pliers_rollback"}); !r) return r;
     }
     if (auto r = db.sync(); !r) return r;
-    release_json(batch);  // while the server writes and commits
+    if (!keep_events) release_json(batch);  // while the server writes and commits
     auto done = db.receive();
     if (!done) {
       out.sqlstate = db.last_sqlstate();
@@ -1107,9 +1147,44 @@ struct postgres_store::impl {
     return std::optional<std::pair<std::int64_t, timestamp>>({r->int64(0, 0), from_micros(r->int64(0, 1))});
   }
 
+  // The events a committed batch stored, in position order, as a read would return them,
+  // for the commit observer: the planned events with their stored ids, positions and time,
+  // and the callers' metadata and payloads (moved out of the requests).
+  static std::vector<event> stored_events(std::span<group_commit::pending> batch, batch_outcome& out) {
+    std::vector<event> events;
+    events.reserve(static_cast<std::size_t>(out.plan.events));
+    for (std::size_t u = 0; u < batch.size(); ++u) {
+      if (out.plan.units[u].empty() || !out.results[u]) continue;
+      for (std::size_t r = 0; r < out.plan.units[u].size(); ++r) {
+        auto& plan = out.plan.units[u][r];
+        if (plan.replay) continue;
+        const auto& stored = (*out.results[u])[r].events;
+        auto& requested = batch[u].requests[r].events;
+        for (std::size_t k = 0; k < plan.events.size(); ++k) {
+          event e = std::move(plan.events[k]);
+          e.id = stored[k].id;
+          e.position = stored[k].position;
+          e.time = stored[k].time;
+          e.metadata = std::move(requested[k].metadata);
+          e.payload = std::move(requested[k].payload);
+          as_jsonb_returns(e.metadata);
+          as_jsonb_returns(e.payload);
+          events.push_back(std::move(e));
+        }
+      }
+    }
+    return events;
+  }
+
+  void committed_batch(std::span<group_commit::pending> batch, batch_outcome& out) {
+    if (out.plan.events == 0) return;  // nothing stored: nobody to wake
+    signal_commit(keep_events ? stored_events(batch, out) : std::vector<event>());
+  }
+
   std::vector<group_commit::unit_result> commit(std::span<group_commit::pending> batch) {
     error last = error::make(errc::unavailable, "postgres: not connected");
     batch_input in = describe(batch);
+    keep_events = observed && observed();
     for (int attempt = 0; attempt < 4; ++attempt) {
       if (!writer || !writer->idle()) {
         writer.reset();
@@ -1123,7 +1198,7 @@ struct postgres_store::impl {
       batch_outcome out;
       auto r = try_commit(batch, in, *writer, out);
       if (r) {
-        signal_commit();
+        committed_batch(batch, out);
         return std::move(out.results);
       }
       last = r.error();
@@ -1143,7 +1218,7 @@ struct postgres_store::impl {
         }
         if (*done) {
           (void)finish_results((*done)->first, (*done)->second, out);
-          signal_commit();
+          committed_batch(batch, out);
           return std::move(out.results);
         }
       }
@@ -1156,8 +1231,8 @@ struct postgres_store::impl {
     return out;
   }
 
-  void signal_commit() {
-    if (on_commit) on_commit();
+  void signal_commit(std::vector<event> committed) {
+    if (on_commit) on_commit(std::move(committed));
     {
       std::lock_guard lock(notify_mutex);
       notify_pending = true;
@@ -1183,6 +1258,7 @@ struct postgres_store::impl {
         // A wake-up carries no data: its transaction need not wait for a WAL flush next to
         // the writer's commits.
         if (db) (void)db->exec("SET synchronous_commit = off");
+        notifier_pid = db ? db->backend_pid() : 0;
       }
       if (db) (void)db->exec("NOTIFY pliers_events");
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -1203,14 +1279,17 @@ struct postgres_store::impl {
         auto c = connect();
         if (c && (*c)->exec("LISTEN pliers_events")) {
           db = std::move(*c);
-          if (on_commit) on_commit();  // we may have missed some while reconnecting
+          if (on_commit) on_commit({});  // we may have missed some while reconnecting
         } else {
           db.reset();
           std::this_thread::sleep_for(std::chrono::milliseconds(200));
           continue;
         }
       }
-      if (db->wait_for_notification(std::chrono::milliseconds(200)) && on_commit) on_commit();
+      // This process's own commits were handed to the observer already: only another
+      // process's NOTIFY means something to read.
+      const auto foreign = [this](int pid) { return pid != notifier_pid.load(); };
+      if (db->wait_for_notification(std::chrono::milliseconds(200), foreign) && on_commit) on_commit({});
     }
   }
 
@@ -1235,7 +1314,8 @@ struct postgres_store::impl {
 };
 
 postgres_store::postgres_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {
-  impl_->on_commit = [this] { notify_committed(); };
+  impl_->on_commit = [this](std::vector<event> committed) { notify_committed(std::move(committed)); };
+  impl_->observed = [this] { return observed(); };
   auto* raw = impl_.get();
   impl_->listener = std::thread([raw] { raw->run_listener(); });
 }

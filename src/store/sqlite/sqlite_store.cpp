@@ -549,7 +549,8 @@ struct sqlite_store::impl final : private append_lookup {
   std::vector<std::unique_ptr<connection>> idle;  // GUARDED_BY(pool_mutex)
 
   std::unique_ptr<group_commit> committer;
-  std::function<void()> on_commit;  // the owner's notify_committed
+  std::function<void(std::vector<event>)> on_commit;  // the owner's notify_committed
+  std::function<bool()> observed;                     // the owner's observed()
   // Declared last: destroyed (its thread joined) before the connections above close.
   wal_checkpointer checkpoints;
 
@@ -647,6 +648,9 @@ struct sqlite_store::impl final : private append_lookup {
     };
     if (auto r = writer->run("BEGIN IMMEDIATE"); !r) return fail_all(r.error());
     last_time = std::max(last_time, clk.now());
+    // What the batch stores, in position order, for the commit observer (the log tailer).
+    const bool keep = observed && observed();
+    std::vector<event> committed;
     for (auto& p : batch) {
       auto plans = plan_group(std::move(p.requests), *this, next_head, last_time);
       if (!plans) {
@@ -676,6 +680,9 @@ struct sqlite_store::impl final : private append_lookup {
       std::vector<append_result> unit;
       for (auto& plan : *plans) {
         if (!plan.replay) next_head = plan.events.back().position;
+        if (!plan.replay && keep)
+          committed.insert(committed.end(), std::make_move_iterator(plan.events.begin()),
+                           std::make_move_iterator(plan.events.end()));
         unit.push_back(std::move(plan.result));
       }
       results.emplace_back(std::move(unit));
@@ -692,13 +699,14 @@ struct sqlite_store::impl final : private append_lookup {
       advanced = next_head != head;
       head = next_head;
     }
-    if (advanced && on_commit) on_commit();
+    if (advanced && on_commit) on_commit(std::move(committed));
     return results;
   }
 };
 
 sqlite_store::sqlite_store(std::unique_ptr<impl> p) : impl_(std::move(p)) {
-  impl_->on_commit = [this] { notify_committed(); };
+  impl_->on_commit = [this](std::vector<event> committed) { notify_committed(std::move(committed)); };
+  impl_->observed = [this] { return observed(); };
 }
 
 const char* sqlite_store::schema_sql() {
