@@ -160,7 +160,7 @@ bool consumer_group_member::process() {
   bool worked = false;
   std::vector<const event*> matching;
   for (const auto& [from, partitions] : by_position) {
-    auto batch = tailer_.read_after(log_position(from), opts_.batch);
+    auto batch = tailer_.read_next(log_position(from), opts_.batch);
     if (!batch || batch->empty()) continue;
     worked = true;
     // At most one batch in flight, and only for these partitions.

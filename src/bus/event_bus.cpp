@@ -129,7 +129,7 @@ void event_bus::worker() {
 void event_bus::drain(const std::shared_ptr<subscription>& s) {
   bool failed = false;
   while (!s->closed()) {
-    auto batch = tailer_.read_after(log_position(s->position_.load()), 1000);
+    auto batch = tailer_.read_next(log_position(s->position_.load()), 1000);
     if (!batch) failed = true;
     if (!batch || batch->empty()) break;  // caught up, or the store failed: retried on the next wake
     for (const auto& e : *batch) {

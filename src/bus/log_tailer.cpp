@@ -22,10 +22,22 @@ log_tailer::~log_tailer() {
 void log_tailer::wake() { offer({}); }
 
 void log_tailer::offer(std::vector<event> committed) {
+  std::vector<std::vector<event>> dropped;  // freed outside the lock
   {
     std::lock_guard lock(wake_mutex_);
-    if (committed.empty()) must_read_ = true;
-    else offered_.push_back(std::move(committed));
+    if (committed.empty()) {
+      must_read_ = true;
+    } else {
+      offered_events_ += committed.size();
+      offered_.push_back(std::move(committed));
+      // The thread is busy (a long store read): keep no more than a ring's worth waiting;
+      // the store has them.
+      if (offered_events_ > opts_.ring_capacity) {
+        dropped.swap(offered_);
+        offered_events_ = 0;
+        must_read_ = true;
+      }
+    }
     woken_ = true;
   }
   wake_cv_.notify_one();
@@ -81,6 +93,14 @@ const std::string& tailed_event::json() const {
 }
 
 result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position after, std::size_t max) {
+  return read(after, max, false);
+}
+
+result<std::vector<log_tailer::event_ptr>> log_tailer::read_next(log_position after, std::size_t max) {
+  return read(after, max, true);
+}
+
+result<std::vector<log_tailer::event_ptr>> log_tailer::read(log_position after, std::size_t max, bool wait_at_head) {
   {
     std::shared_lock lock(ring_mutex_);
     if (!ring_.empty() && after.value >= ring_.front()->position.value - 1 && after < head_) {
@@ -91,7 +111,7 @@ result<std::vector<log_tailer::event_ptr>> log_tailer::read_after(log_position a
     }
     // A reader at the head of a tailer that follows the log: nothing newer yet. Listeners
     // are told when there is.
-    if (after >= head_ && following_.load()) return std::vector<event_ptr>();
+    if (wait_at_head && after >= head_ && following_.load()) return std::vector<event_ptr>();
   }
   // Not in the ring (older, or newer than an idle tailer has seen): from the store.
   store_reads_.fetch_add(1, std::memory_order_relaxed);
@@ -112,6 +132,7 @@ void log_tailer::run() {
       const bool woken = wake_cv_.wait_for(lock, opts_.poll_interval, [&] { return woken_ || stopping_; });
       if (stopping_) return;
       offered.swap(offered_);
+      offered_events_ = 0;
       must_read = must_read_ || !woken;  // a poll looks in the store
       woken_ = must_read_ = false;
     }

@@ -62,6 +62,10 @@ class log_tailer {
 
   // Events with position > after, at most max, in position order. Blocking (store reads).
   result<std::vector<event_ptr>> read_after(log_position after, std::size_t max);
+  // The same for a reader woken by a listener: at or past the head of a tailer that follows
+  // the log it returns nothing (the listener is told when there is more) instead of asking
+  // the store.
+  result<std::vector<event_ptr>> read_next(log_position after, std::size_t max);
   // The highest position the tailer has seen (it may lag the store while idle).
   log_position head() const;
   // Listeners run on the tailer thread after the head advanced; they must not block.
@@ -74,6 +78,7 @@ class log_tailer {
 
  private:
   void run();
+  result<std::vector<event_ptr>> read(log_position after, std::size_t max, bool wait_at_head);
   // The store's commit observer: `committed` (possibly empty) as event_store describes it.
   void offer(std::vector<event> committed);
   // Adds offered events that follow the head to the ring; false when one does not (a
@@ -95,6 +100,7 @@ class log_tailer {
   bool woken_ = false;                       // GUARDED_BY(wake_mutex_)
   bool must_read_ = false;                   // GUARDED_BY(wake_mutex_)
   std::vector<std::vector<event>> offered_;  // GUARDED_BY(wake_mutex_); commits in order
+  std::size_t offered_events_ = 0;           // GUARDED_BY(wake_mutex_); events in offered_
   bool stopping_ = false;                    // GUARDED_BY(wake_mutex_)
   std::atomic<std::uint64_t> store_reads_{0};
   std::thread thread_;

@@ -155,6 +155,47 @@ TEST_P(EventBus, LiveEventsAreWhatAReadReturnsAndOwnCommitsAreNotReadBack) {
   }
 }
 
+// A tailer thread held up (here: in a listener) while commits keep coming keeps at most a
+// ring's worth of handed-over events waiting; past that it drops them and reads the store
+// from its head when it can: nothing is lost or repeated.
+TEST_P(EventBus, ABusyTailerDropsWhatWaitsAndReadsItFromTheStore) {
+  bus_.reset();
+  tailer_.reset();
+  tailer_ = std::make_unique<log_tailer>(
+      *store_, log_tailer::options{.ring_capacity = 16, .poll_interval = std::chrono::hours(1)});
+  std::mutex gate;
+  std::unique_lock hold(gate);
+  std::atomic<bool> blocked{false};
+  std::atomic<std::int64_t> last{0};
+  const auto id = tailer_->add_listener([&](log_position head) {
+    blocked = true;
+    std::lock_guard pass(gate);
+    last = head.value;
+  });
+  ASSERT_TRUE(store_->append({"busy", std::nullopt, {make("busy.one", 0)}}));
+  for (int i = 0; i < 500 && !blocked; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(blocked.load());
+  const auto reads_before = tailer_->store_reads();
+  for (int i = 0; i < 10; ++i) {
+    std::vector<new_event> five;
+    for (int k = 0; k < 5; ++k) five.push_back(make("busy.more", 5 * i + k));
+    ASSERT_TRUE(store_->append({"busy", std::nullopt, five}));
+  }
+  hold.unlock();
+  for (int i = 0; i < 500 && last.load() < 51; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(last.load(), 51);
+  EXPECT_GT(tailer_->store_reads(), reads_before);
+  auto recent = tailer_->read_after(log_position(35), 100);  // from the ring
+  ASSERT_TRUE(recent);
+  ASSERT_EQ(recent->size(), 16u);
+  for (std::size_t i = 0; i < recent->size(); ++i) EXPECT_EQ((*recent)[i]->position.value, static_cast<std::int64_t>(36 + i));
+  auto all = tailer_->read_after(log_position(0), 100);  // older ones from the store
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 51u);
+  for (std::size_t i = 0; i < all->size(); ++i) EXPECT_EQ((*all)[i]->position.value, static_cast<std::int64_t>(i + 1));
+  tailer_->remove_listener(id);
+}
+
 TEST_P(EventBus, AThrowingHandlerIsCountedAndOthersStillReceive) {
   std::atomic<int> good{0}, reported{0};
   bus_->on_handler_error = [&](const event&, const std::string&) { ++reported; };

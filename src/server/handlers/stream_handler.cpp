@@ -380,7 +380,7 @@ struct ws_connection : std::enable_shared_from_this<ws_connection> {
       const std::size_t room = s->options.batch ? s->options.buffer_size
                                                 : std::min(s->options.buffer_size, outbox_limit - outbox.size());
       auto batch = co_await run_blocking(state.workers, [&, after = s->position, room] {
-        return state.tailer.read_after(after, room);
+        return state.tailer.read_next(after, room);
       });
       if (s->closed || done) break;
       if (!batch) {
@@ -768,7 +768,7 @@ asio::awaitable<reply> handle_event_stream(request_context& ctx) {
     while (true) {
       if (st->closed || state.stopping) co_return std::optional<std::string>();
       auto batch = co_await run_blocking(state.workers, [&, after = st->position] {
-        return state.tailer.read_after(after, st->options.buffer_size);
+        return state.tailer.read_next(after, st->options.buffer_size);
       });
       if (!batch) co_return std::move(batch).error();
       if (!batch->empty()) {
