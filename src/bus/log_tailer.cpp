@@ -100,7 +100,16 @@ result<std::vector<log_tailer::event_ptr>> log_tailer::read_next(log_position af
   return read(after, max, true);
 }
 
+void log_tailer::forget_rewritten() {
+  const auto rewrites = store_.rewrites();
+  if (rewrites == seen_rewrites_.load()) return;
+  std::unique_lock lock(ring_mutex_);
+  ring_.clear();  // compacted (or restored) events may be in it; the store has the live log
+  seen_rewrites_ = rewrites;
+}
+
 result<std::vector<log_tailer::event_ptr>> log_tailer::read(log_position after, std::size_t max, bool wait_at_head) {
+  forget_rewritten();
   {
     std::shared_lock lock(ring_mutex_);
     if (!ring_.empty() && after.value >= ring_.front()->position.value - 1 && after < head_) {
@@ -144,13 +153,17 @@ void log_tailer::run() {
       if (listeners_.empty()) continue;
     }
     // This process's commits, in commit order: they join the ring when they follow its
-    // head (the store makes positions visible in order, so nothing before them is missing).
+    // head (the store makes positions visible in order, so nothing before them is missing),
+    // made what a read returns here rather than on the store's writer thread.
+    for (auto& committed : offered)
+      for (auto& e : committed) store_.make_as_read(e);
     const log_position before = head();
     for (auto& committed : offered)
       if (!take_offered(committed)) {
         must_read = true;  // another process's events, or a hole, come first: read them
         break;
       }
+    forget_rewritten();  // before telling: a reader then finds no event compacted meanwhile
     if (const auto now = head(); now != before) tell_listeners(now);
     if (!must_read) continue;
     if (auto store_head = store_.head(); store_head.value - head().value > static_cast<std::int64_t>(opts_.ring_capacity)) {
@@ -178,6 +191,7 @@ void log_tailer::run() {
         }
         new_head = head_;
       }
+      forget_rewritten();
       tell_listeners(new_head);
       if (batch->size() < opts_.read_batch) break;
     }

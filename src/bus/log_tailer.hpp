@@ -85,6 +85,9 @@ class log_tailer {
   // gap: the store must be read).
   bool take_offered(std::vector<event>& committed);
   void tell_listeners(log_position head);
+  // Empties the ring when the store applied a compaction or restore since the last look
+  // (event_store::rewrites): it may hold events that are no longer live.
+  void forget_rewritten();
 
   event_store& store_;
   const options opts_;
@@ -103,6 +106,7 @@ class log_tailer {
   std::size_t offered_events_ = 0;           // GUARDED_BY(wake_mutex_); events in offered_
   bool stopping_ = false;                    // GUARDED_BY(wake_mutex_)
   std::atomic<std::uint64_t> store_reads_{0};
+  std::atomic<std::uint64_t> seen_rewrites_{0};
   std::thread thread_;
 };
 

@@ -45,8 +45,9 @@ struct append_plan {
 // `head` is the last position used; `now` the commit time (already made monotonic).
 // Events without an id get a new version 7 UUID, unless `generate_ids` is false: then the
 // id is left empty for the backend to fill in once the position is stored (PostgreSQL,
-// docs/adr/0007). The const form copies the events and leaves the request intact, so a backend may plan it
-// again after a failed transaction; the rvalue form moves the events out.
+// docs/adr/0007). The const form copies the events and leaves the request intact, so a
+// backend may plan it again after a failed transaction; the rvalue form moves the events
+// out.
 result<append_plan> plan_append(const append_request& request, append_lookup& lookup, log_position head,
                                 timestamp now, bool generate_ids = true);
 result<append_plan> plan_append(append_request&& request, append_lookup& lookup, log_position head, timestamp now,

@@ -63,6 +63,18 @@ void event_store::set_commit_observer(commit_observer observer) {
   observer_ = observer ? std::make_shared<commit_observer>(std::move(observer)) : nullptr;
 }
 
+result<compaction_outcome> event_store::apply_compaction(const compaction_change& change) {
+  auto r = do_apply_compaction(change);
+  if (r) rewrites_.fetch_add(1);
+  return r;
+}
+
+result<std::int64_t> event_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+  auto r = do_restore_archived(aggregate_id, std::move(compaction_id));
+  if (r) rewrites_.fetch_add(1);
+  return r;
+}
+
 bool event_store::observed() {
   std::lock_guard lock(observer_mutex_);
   return observer_ != nullptr;

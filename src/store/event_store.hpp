@@ -7,6 +7,8 @@
 // Errors: expected outcomes are result<> values; no exception crosses this interface.
 #pragma once
 
+#include <atomic>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -260,13 +262,16 @@ class event_store {
   // get_aggregate_metadata reports them. list_archived returns archived events of one
   // aggregate (optionally of one compaction) in position order after `after`;
   // restore_archived puts them back in the live log (merged events get their originals
-  // back) and forgets their ranges; it returns how many it restored.
-  virtual result<compaction_outcome> apply_compaction(const compaction_change& change) = 0;
+  // back) and forgets their ranges; it returns how many it restored. Both count in
+  // rewrites() once done.
+  result<compaction_outcome> apply_compaction(const compaction_change& change);
   virtual result<std::vector<archived_event>> list_archived(std::string_view aggregate_id,
                                                             std::optional<std::string> compaction_id,
                                                             log_position after, std::size_t limit) = 0;
-  virtual result<std::int64_t> restore_archived(std::string_view aggregate_id,
-                                                std::optional<std::string> compaction_id) = 0;
+  result<std::int64_t> restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id);
+  // How many compactions and restores this process applied: events already read may have
+  // changed since (the log tailer drops its ring when this moves).
+  std::uint64_t rewrites() const { return rewrites_.load(); }
 
   // Called (from a store thread, possibly concurrently) after events were committed, by
   // this process or, on PostgreSQL, by another one. Must be cheap and must not block: it is
@@ -276,6 +281,9 @@ class event_store {
   // One observer; nullptr removes it.
   using commit_observer = std::function<void(std::vector<event> committed)>;
   void set_commit_observer(commit_observer observer);
+  // Makes a handed-over event what a read returns (PostgreSQL: the JSON as jsonb gives it
+  // back). The observer calls it on its own thread, off the writer's. Default: as it is.
+  virtual void make_as_read(event& e) const { (void)e; }
 
  protected:
   event_store() = default;
@@ -284,10 +292,14 @@ class event_store {
   void notify_committed(std::vector<event> committed = {});
   // Called with validated requests (one for append_async, several for a group).
   virtual void submit_group(std::vector<append_request> requests, group_callback done) = 0;
+  virtual result<compaction_outcome> do_apply_compaction(const compaction_change& change) = 0;
+  virtual result<std::int64_t> do_restore_archived(std::string_view aggregate_id,
+                                                   std::optional<std::string> compaction_id) = 0;
 
  private:
   std::mutex observer_mutex_;
   std::shared_ptr<commit_observer> observer_;  // GUARDED_BY(observer_mutex_)
+  std::atomic<std::uint64_t> rewrites_{0};
 };
 
 struct store_options {

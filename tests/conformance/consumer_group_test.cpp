@@ -23,18 +23,9 @@ class ConsumerGroup : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / ("pliers-group-" + new_uuid_v4().substr(0, 8));
     std::filesystem::create_directories(dir_);
-    std::string url = "memory:";
-    if (GetParam() == "sqlite") url = "sqlite:" + (dir_ / "e.db").string();
-    if (GetParam() == "postgres") {
-      auto base = testing::postgres_url();
-      if (!base) {
-        if (testing::in_ci()) FAIL() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set";
-        GTEST_SKIP() << "no PostgreSQL configured";
-      }
-      schema_ = std::make_unique<testing::postgres_schema>(*base);
-      url = schema_->url();
-    }
-    auto s = open_store(url);
+    const auto url = testing::backend_url(GetParam(), dir_, schema_);
+    if (!url) return testing::missing_postgres();
+    auto s = open_store(*url);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     tailer_ = std::make_unique<log_tailer>(*store_, log_tailer::options{.poll_interval = 50ms});

@@ -60,20 +60,11 @@ class PluginChain : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / ("pliers-plugins-" + new_uuid_v4().substr(0, 8));
     std::filesystem::create_directories(dir_);
-    std::string url = "memory:";
-    if (GetParam() == "sqlite") url = "sqlite:" + (dir_ / "e.db").string();
-    if (GetParam() == "postgres") {
-      auto base = testing::postgres_url();
-      if (!base) {
-        if (testing::in_ci()) FAIL() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set";
-        GTEST_SKIP() << "no PostgreSQL configured";
-      }
-      schema_ = std::make_unique<testing::postgres_schema>(*base);
-      url = schema_->url();
-    }
+    const auto url = testing::backend_url(GetParam(), dir_, schema_);
+    if (!url) return testing::missing_postgres();
     store_options so;
     so.time_source = &clock_;
-    auto s = open_store(url, so);
+    auto s = open_store(*url, so);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
     retry_engine::options ro;

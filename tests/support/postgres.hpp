@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -51,5 +53,25 @@ class postgres_schema {
   std::string base_;
   std::string name_;
 };
+
+// The store URL of a conformance suite's backend parameter: "memory", "sqlite" (a file in
+// `dir`) or "postgres" (a schema of its own, kept alive in `schema`). nullopt when
+// PostgreSQL is not configured: the caller calls missing_postgres() and returns.
+inline std::optional<std::string> backend_url(const std::string& backend, const std::filesystem::path& dir,
+                                              std::unique_ptr<postgres_schema>& schema) {
+  if (backend == "sqlite") return "sqlite:" + (dir / "e.db").string();
+  if (backend != "postgres") return "memory:";
+  auto base = postgres_url();
+  if (!base) return std::nullopt;
+  schema = std::make_unique<postgres_schema>(*base);
+  return schema->url();
+}
+
+// Called from SetUp when backend_url() found no PostgreSQL: a failure under CI=true, a
+// skip otherwise (either way the test body does not run).
+inline void missing_postgres() {
+  if (in_ci()) GTEST_FAIL() << "CI=true but PLIERS_TEST_POSTGRES_URL is not set";
+  GTEST_SKIP() << "no PostgreSQL configured (PLIERS_TEST_POSTGRES_URL); scripts/test starts one";
+}
 
 }  // namespace pliers::testing

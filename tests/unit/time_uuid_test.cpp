@@ -80,7 +80,9 @@ TEST(Uuid, NameBasedIdsAreStable) {
 }
 
 // The PostgreSQL store's generated ids: the position can be read back, only under the
-// store's own tag, and the SQL that builds them (prefix || hex of position | 2^63) agrees.
+// store's own tag. (That the write statement's SQL builds the same text is checked by
+// Postgres.GeneratedIdsNameTheirPositionAndOnlyChosenIdsAreIndexed: stored ids equal the
+// ids the append answered.)
 TEST(Uuid, PositionalIdsCarryTheirPositionUnderTheirTag) {
   constexpr std::uint64_t tag = 0x0123456789abcdeULL;
   EXPECT_EQ(uuid_v8_positional(tag, 1), "01234567-89ab-8cde-8000-000000000001");

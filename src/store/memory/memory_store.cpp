@@ -375,7 +375,7 @@ std::int64_t memory_store::stored_bytes(const aggregate& a, std::string_view id)
   return bytes;
 }
 
-result<compaction_outcome> memory_store::apply_compaction(const compaction_change& change) {
+result<compaction_outcome> memory_store::do_apply_compaction(const compaction_change& change) {
   std::unique_lock lock(mutex_);
   auto it = aggregates_.find(change.aggregate_id);
   if (it == aggregates_.end()) return error::make(errc::not_found, "no aggregate '" + change.aggregate_id + "'");
@@ -427,7 +427,7 @@ result<std::vector<archived_event>> memory_store::list_archived(std::string_view
   return out;
 }
 
-result<std::int64_t> memory_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+result<std::int64_t> memory_store::do_restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
   std::unique_lock lock(mutex_);
   auto it = aggregates_.find(std::string(aggregate_id));
   if (it == aggregates_.end()) return error::make(errc::not_found, "no aggregate '" + std::string(aggregate_id) + "'");

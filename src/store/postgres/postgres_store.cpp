@@ -670,7 +670,8 @@ struct postgres_store::impl {
     std::string aggregates, types;                // the same as text[]
     std::string client_ids;                       // uuid[]: ids the callers chose ("" when none)
     std::string generated_positions;              // bigint[]: the positions chosen ids of the generated form name
-    bool chooses_generated = false;               // a caller chose an id of the form this store generates
+    // A caller chose an id of the form this store generates.
+    bool chooses_generated() const { return generated_positions != "{}"; }
     // Metadata and payload of every event (units, requests, events in order), serialized:
     // event k's metadata is json[bounds[2k], bounds[2k+1]), its payload json[bounds[2k+1],
     // bounds[2k+2]). Filled while the server locks.
@@ -691,7 +692,6 @@ struct postgres_store::impl {
     batch_input in;
     std::map<std::string_view, std::string_view> aggregates;  // sorted: id -> type
     std::vector<std::string_view> client_ids;
-    in.generated_positions = "{";
     for (const auto& p : batch)
       for (const auto& req : p.requests) {
         aggregates.try_emplace(req.aggregate_id, req.events.front().aggregate_type);
@@ -699,13 +699,12 @@ struct postgres_store::impl {
           if (!e.id) continue;
           client_ids.push_back(*e.id);
           if (const auto position = uuid_v8_position(*e.id, id_tag); position >= 0) {
-            if (in.chooses_generated) in.generated_positions += ',';
+            in.generated_positions += in.generated_positions.empty() ? '{' : ',';
             in.generated_positions += std::to_string(position);
-            in.chooses_generated = true;
           }
         }
       }
-    in.generated_positions += '}';
+    in.generated_positions = in.generated_positions.empty() ? "{}" : in.generated_positions + '}';
     for (const auto& [id, type] : aggregates) in.aggregate_ids.push_back(id), in.first_types.push_back(type);
     in.aggregates = text_array(in.aggregate_ids);
     in.types = text_array(in.first_types);
@@ -932,7 +931,7 @@ struct postgres_store::impl {
     batch_lookup lookup;
     // A chosen id of the generated form is checked by position, which the primary key of
     // event_ids cannot do: such a batch goes the long way.
-    bool speculative = !in.chooses_generated;
+    bool speculative = !in.chooses_generated();
     for (std::size_t i = 0; speculative && i < in.aggregate_ids.size(); ++i) {
       auto it = known_aggregates.find(std::string(in.aggregate_ids[i]));
       if (it == known_aggregates.end() || it->second.aggregate_type != in.first_types[i]) speculative = false;
@@ -1147,9 +1146,10 @@ struct postgres_store::impl {
     return std::optional<std::pair<std::int64_t, timestamp>>({r->int64(0, 0), from_micros(r->int64(0, 1))});
   }
 
-  // The events a committed batch stored, in position order, as a read would return them,
-  // for the commit observer: the planned events with their stored ids, positions and time,
-  // and the callers' metadata and payloads (moved out of the requests).
+  // The events a committed batch stored, in position order, for the commit observer: the
+  // planned events with their stored ids, positions and time, and the callers' metadata
+  // and payloads (moved out of the requests; make_as_read() turns them into what a read
+  // returns, on the observer's thread).
   static std::vector<event> stored_events(std::span<group_commit::pending> batch, batch_outcome& out) {
     std::vector<event> events;
     events.reserve(static_cast<std::size_t>(out.plan.events));
@@ -1167,8 +1167,6 @@ struct postgres_store::impl {
           e.time = stored[k].time;
           e.metadata = std::move(requested[k].metadata);
           e.payload = std::move(requested[k].payload);
-          as_jsonb_returns(e.metadata);
-          as_jsonb_returns(e.payload);
           events.push_back(std::move(e));
         }
       }
@@ -1570,6 +1568,11 @@ result<event> postgres_store::get_event(std::string_view id) {
     if (r->rows() == 0) return error::make(errc::not_found, "no event with id " + std::string(id));
     return row_to_event(*r, 0);
   });
+}
+
+void postgres_store::make_as_read(event& e) const {
+  as_jsonb_returns(e.metadata);
+  as_jsonb_returns(e.payload);
 }
 
 result<aggregate_metadata> postgres_store::get_aggregate_metadata(std::string_view aggregate_id) {
@@ -2127,7 +2130,7 @@ auto compaction_txn(connection& db, F body) -> decltype(body()) {
 
 }  // namespace
 
-result<compaction_outcome> postgres_store::apply_compaction(const compaction_change& change) {
+result<compaction_outcome> postgres_store::do_apply_compaction(const compaction_change& change) {
   return impl_->with_reader([&](connection& db) -> result<compaction_outcome> {
     return compaction_txn(db, [&]() -> result<compaction_outcome> {
       const auto& id = change.aggregate_id;
@@ -2217,7 +2220,7 @@ result<std::vector<archived_event>> postgres_store::list_archived(std::string_vi
   });
 }
 
-result<std::int64_t> postgres_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+result<std::int64_t> postgres_store::do_restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
   return impl_->with_reader([&](connection& db) -> result<std::int64_t> {
     return compaction_txn(db, [&]() -> result<std::int64_t> {
       const std::string id(aggregate_id);

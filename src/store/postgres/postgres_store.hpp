@@ -41,6 +41,7 @@ class postgres_store final : public event_store {
   result<query_result> query(const event_query& q, const pagination& page) override;
   result<std::vector<event>> read_all(log_position after, std::size_t limit) override;
   result<event> get_event(std::string_view id) override;
+  void make_as_read(event& e) const override;
   result<aggregate_metadata> get_aggregate_metadata(std::string_view aggregate_id) override;
   result<void> create_snapshot(std::string_view aggregate_id, std::int64_t sequence, boost::json::object data) override;
   result<std::optional<snapshot>> get_latest_snapshot(std::string_view aggregate_id) override;
@@ -67,10 +68,10 @@ class postgres_store final : public event_store {
   result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
   result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
   result<void> dlq_update(const dead_letter& entry) override;
-  result<compaction_outcome> apply_compaction(const compaction_change& change) override;
+  result<compaction_outcome> do_apply_compaction(const compaction_change& change) override;
   result<std::vector<archived_event>> list_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id,
                                                     log_position after, std::size_t limit) override;
-  result<std::int64_t> restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) override;
+  result<std::int64_t> do_restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) override;
 
   // Partition operations (also run by the maintenance job: current period + 3 ahead).
   result<std::vector<partition_info>> list_partitions();

@@ -1392,7 +1392,7 @@ result<void> archive_one(connection& db, std::string_view aggregate_id, std::int
 
 }  // namespace
 
-result<compaction_outcome> sqlite_store::apply_compaction(const compaction_change& change) {
+result<compaction_outcome> sqlite_store::do_apply_compaction(const compaction_change& change) {
   auto db = impl_->reader();
   write_transaction txn(*db);
   if (auto r = txn.begin(); !r) return std::move(r).error();
@@ -1487,7 +1487,7 @@ result<std::vector<archived_event>> sqlite_store::list_archived(std::string_view
   return out;
 }
 
-result<std::int64_t> sqlite_store::restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
+result<std::int64_t> sqlite_store::do_restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) {
   auto db = impl_->reader();
   write_transaction txn(*db);
   if (auto r = txn.begin(); !r) return std::move(r).error();

@@ -55,10 +55,10 @@ class sqlite_store final : public event_store {
   result<std::vector<dead_letter>> dlq_claim_due(timestamp now, std::size_t max, std::chrono::milliseconds lease) override;
   result<dead_letter> dlq_claim(std::string_view id, timestamp now, std::chrono::milliseconds lease) override;
   result<void> dlq_update(const dead_letter& entry) override;
-  result<compaction_outcome> apply_compaction(const compaction_change& change) override;
+  result<compaction_outcome> do_apply_compaction(const compaction_change& change) override;
   result<std::vector<archived_event>> list_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id,
                                                     log_position after, std::size_t limit) override;
-  result<std::int64_t> restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) override;
+  result<std::int64_t> do_restore_archived(std::string_view aggregate_id, std::optional<std::string> compaction_id) override;
 
   struct impl;
 
